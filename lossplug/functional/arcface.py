@@ -1,0 +1,139 @@
+r"""ArcFace: additive angular margin loss (Deng et al. 2019)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lossplug.functional._reduction import reduce_loss
+from lossplug.functional._validation import Reduction, check_embeddings, check_number, check_reduction
+from lossplug.functional.cross_entropy import upcast
+from lossplug.output import LossOutput
+
+
+def _margin_target_cosine(cosine: Tensor, margin: float, easy_margin: bool) -> tuple[Tensor, Tensor]:
+    """psi(theta) and d psi / d cos(theta) for cosines of the target class."""
+    sin_theta = (1 - cosine * cosine).clamp_min(0).sqrt()  # |cos| may exceed 1 by a rounding error
+    cos_m, sin_m = math.cos(margin), math.sin(margin)
+    shifted = cosine * cos_m - sin_theta * sin_m  # cos(theta + m)
+    # d cos(theta + m) / d cos(theta) = cos m + sin m * cos(theta) / sin(theta); at sin(theta) = 0 the
+    # derivative diverges but d cos(theta) / d embedding vanishes, so any finite value gives the limit 0
+    positive = sin_theta > 0
+    safe_sin = torch.where(positive, sin_theta, torch.ones_like(sin_theta))
+    shifted_grad = cos_m + sin_m * torch.where(positive, cosine / safe_sin, torch.zeros_like(cosine))
+    if easy_margin:
+        use_shift = cosine > 0
+        fallback, fallback_grad = cosine, torch.ones_like(cosine)
+    else:
+        use_shift = cosine >= -cos_m  # theta + m <= pi
+        fallback, fallback_grad = cosine - margin * sin_m, torch.ones_like(cosine)
+    return torch.where(use_shift, shifted, fallback), torch.where(use_shift, shifted_grad, fallback_grad)
+
+
+class _AngularMargin(torch.autograd.Function):
+    """psi(cos theta) with a derivative that is finite at cos theta = +-1 (no acos, no bare sqrt)."""
+
+    @staticmethod
+    def forward(ctx: Any, cosine: Tensor, margin: float, easy_margin: bool) -> Tensor:
+        ctx.save_for_backward(cosine)
+        ctx.margin, ctx.easy_margin = margin, easy_margin
+        return _margin_target_cosine(cosine, margin, easy_margin)[0]
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None, None]:
+        (cosine,) = ctx.saved_tensors  # recomputed so that double backward sees a differentiable graph
+        return grad_output * _margin_target_cosine(cosine, ctx.margin, ctx.easy_margin)[1], None, None
+
+
+def check_arcface_args(scale: float, margin: float) -> tuple[float, float]:
+    """Check ``scale > 0`` and ``margin`` in ``[0, pi/2)``."""
+    scale = check_number("scale", scale, 0.0, low_closed=False)
+    margin = check_number("margin", margin, 0.0, math.pi / 2, high_closed=False, high_text="pi/2")
+    return scale, margin
+
+
+def arcface_logits(
+    embeddings: Tensor, target: Tensor, weight: Tensor, scale: float, margin: float, easy_margin: bool = False
+) -> Tensor:
+    r"""Margin-adjusted logits :math:`s \cos\theta_j` (:math:`j \ne y_i`) and :math:`s\,\psi(\theta_{y_i})`.
+
+    Shapes: ``embeddings`` ``(N, D)``, ``target`` ``(N,)``, ``weight`` ``(C, D)``; returns ``(N, C)``
+    in at least float32.
+    """
+    cosine = upcast(F.linear(F.normalize(embeddings, dim=1), F.normalize(weight, dim=1)))
+    index = target.long().unsqueeze(1)
+    target_cosine = cosine.gather(1, index).squeeze(1)
+    psi = _AngularMargin.apply(target_cosine, margin, easy_margin)
+    return (cosine * scale).scatter(1, index, (psi * scale).unsqueeze(1))
+
+
+def arcface_loss_output(
+    embeddings: Tensor,
+    target: Tensor,
+    weight: Tensor,
+    scale: float = 64.0,
+    margin: float = 0.5,
+    easy_margin: bool = False,
+    reduction: Reduction = "mean",
+    validate_args: bool = True,
+) -> LossOutput:
+    r"""ArcFace loss with its per-sample losses and p_t under the margin-adjusted softmax.
+
+    .. math::
+        \ell_i = -\log \frac{e^{s \psi(\theta_{y_i})}}{e^{s \psi(\theta_{y_i})} + \sum_{j \ne y_i} e^{s \cos\theta_j}},
+        \quad \psi(\theta) = \begin{cases} \cos(\theta + m) & \theta + m \le \pi \\
+        \cos\theta - m \sin m & \text{otherwise} \end{cases}
+
+    where :math:`\cos\theta_j` is the cosine between the embedding and class weight :math:`W_j`. The
+    extension past :math:`\pi - m` keeps the target logit non-increasing in :math:`\theta`.
+    ``easy_margin=True`` applies the margin only where :math:`\cos\theta > 0` (and is not monotonic
+    at :math:`\theta = \pi/2`). ``margin=0`` is cross-entropy over :math:`s \cos\theta`.
+
+    Args:
+        embeddings: ``(N, D)``.
+        target: Class indices ``(N,)``.
+        weight: Class weights ``(C, D)``, normalized inside.
+        scale: :math:`s > 0`.
+        margin: :math:`m` in ``[0, pi/2)``.
+        easy_margin: Apply the margin only where the cosine is positive.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        validate_args: Check target values (one host-device sync per call).
+
+    Example:
+        >>> weight = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> out = arcface_loss_output(torch.tensor([[1.0, 1.0]]), torch.tensor([0]), weight, scale=4.0)
+        >>> round(out.loss.item(), 4), round(out.p_t.item(), 4)
+        (1.8697, 0.1542)
+    """
+    scale, margin = check_arcface_args(scale, margin)
+    check_reduction(reduction)
+    if not isinstance(weight, Tensor) or weight.ndim != 2:
+        raise ValueError(f"Expected `weight` of shape (num_classes, embedding_dim), but got {_shape(weight)}.")
+    check_embeddings("embeddings", embeddings, target, weight.shape[1], weight.shape[0], validate_args)
+    logits = arcface_logits(embeddings, target, weight, scale, margin, easy_margin)
+    per_sample = F.cross_entropy(logits, target.long(), reduction="none")
+    valid = torch.ones_like(per_sample, dtype=torch.bool)
+    loss = reduce_loss(per_sample, reduction)
+    return LossOutput(loss, per_sample, (-per_sample.detach()).exp(), valid, target, "multiclass", weight.shape[0])
+
+
+def _shape(value: object) -> str:
+    return f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+
+
+def arcface_loss(
+    embeddings: Tensor,
+    target: Tensor,
+    weight: Tensor,
+    scale: float = 64.0,
+    margin: float = 0.5,
+    easy_margin: bool = False,
+    reduction: Reduction = "mean",
+    validate_args: bool = True,
+) -> Tensor:
+    """ArcFace loss, as :func:`arcface_loss_output` but returning only the loss."""
+    return arcface_loss_output(embeddings, target, weight, scale, margin, easy_margin, reduction, validate_args).loss

@@ -1,0 +1,63 @@
+"""ArcFace module: learnable class weights and the additive angular margin."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lossplug.functional import _validation as checks
+from lossplug.functional._validation import Reduction
+from lossplug.functional.arcface import arcface_loss_output, check_arcface_args
+from lossplug.losses.base import BaseLoss
+from lossplug.output import LossOutput
+
+
+class ArcFaceLoss(BaseLoss):
+    r"""ArcFace (additive angular margin) loss over learnable class weights; see
+    :func:`lossplug.functional.arcface_loss_output`.
+
+    Consumes embeddings. ``weight`` ``(num_classes, embedding_dim)`` is a parameter, normalized
+    inside, so the optimizer trains it and checkpoints keep it.
+
+    Args:
+        num_classes: Number of classes ``C``.
+        embedding_dim: Embedding size ``D``.
+        scale: :math:`s > 0`.
+        margin: :math:`m` in ``[0, pi/2)``.
+        easy_margin: Apply the margin only where the cosine is positive.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        validate_args: Check target values on every call (one host-device sync).
+
+    Example:
+        >>> loss = ArcFaceLoss(num_classes=10, embedding_dim=4)
+        >>> loss.weight.shape
+        torch.Size([10, 4])
+    """
+
+    input_kind = "embeddings"
+
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_dim: int,
+        scale: float = 64.0,
+        margin: float = 0.5,
+        easy_margin: bool = False,
+        reduction: Reduction = "mean",
+        validate_args: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_classes = checks.check_positive_int("num_classes", num_classes, minimum=2)
+        self.embedding_dim = checks.check_positive_int("embedding_dim", embedding_dim)
+        self.scale, self.margin = check_arcface_args(scale, margin)
+        self.easy_margin = easy_margin
+        checks.check_reduction(reduction)
+        self.reduction: Reduction = reduction
+        self.validate_args = validate_args
+        self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
+        nn.init.xavier_uniform_(self.weight)
+
+    def evaluate(self, input: Tensor, target: Tensor) -> LossOutput:
+        return arcface_loss_output(
+            input, target, self.weight, self.scale, self.margin, self.easy_margin, self.reduction, self.validate_args
+        )

@@ -1,0 +1,166 @@
+"""The base class of every lossplug loss: ``forward`` gives the loss, ``evaluate`` the full record."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Literal, TypeAlias
+
+import torch
+from torch import Tensor, nn
+
+from lossplug.functional._validation import AlphaStrategy, ClassWeight, as_class_weight, check_number
+from lossplug.functional.class_weights import class_weights_from_counts
+from lossplug.output import LossOutput
+
+InputKind: TypeAlias = Literal["logits", "embeddings"]
+ModelOutput: TypeAlias = Tensor | Mapping[str, Tensor]
+
+
+def select_input(output: ModelOutput, kind: InputKind, consumer: str) -> Tensor:
+    """Pick what a loss consumes from a model output.
+
+    A tensor is passed as it is (a model with one output); from a mapping, the entry named ``kind``
+    (``"logits"`` or ``"embeddings"``) is taken.
+
+    Args:
+        output: A tensor, or a mapping with ``"logits"`` and/or ``"embeddings"``.
+        kind: What the loss consumes.
+        consumer: Name of the loss, for the error message.
+    """
+    if isinstance(output, Tensor):
+        return output
+    if not isinstance(output, Mapping):
+        raise TypeError(
+            f"Expected the model output to be a tensor or a mapping with 'logits' and/or 'embeddings', "
+            f"but got {type(output).__name__}."
+        )
+    if kind not in output:
+        raise ValueError(
+            f"{consumer} consumes {kind!r}, but the model output has keys {sorted(output)}. "
+            f"Return a mapping with a {kind!r} entry from the model."
+        )
+    return output[kind]
+
+
+class BaseLoss(nn.Module):
+    """A loss that gives per-sample losses and p_t before reducing them.
+
+    Subclasses implement :meth:`evaluate`; ``forward`` returns its ``loss``. The constructor
+    arguments of every subclass are recorded (:attr:`init_args`), so a configured loss can be
+    written out and rebuilt exactly (:func:`lossplug.losses.loss_config`).
+
+    Attributes:
+        input_kind: What the loss consumes from a model output: ``"logits"`` or ``"embeddings"``.
+    """
+
+    input_kind: ClassVar[InputKind | Literal["mixed"]] = "logits"
+    init_args: dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            cls.__init__ = _recording_init_args(init)  # type: ignore[method-assign]
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        """The reduced loss (per-element for ``reduction="none"``)."""
+        return self.evaluate(input, target).loss
+
+    def evaluate(self, input: Tensor, target: Tensor) -> LossOutput:
+        """The loss together with its per-sample losses, p_t, validity mask and targets."""
+        raise NotImplementedError
+
+    def evaluate_output(self, output: ModelOutput, target: Tensor) -> LossOutput:
+        """:meth:`evaluate` on what this loss consumes from a model output (tensor or mapping)."""
+        return self.evaluate(select_input(output, self.input_kind, type(self).__name__), target)  # type: ignore[arg-type]
+
+    def set_class_counts(self, class_counts: Sequence[int] | Tensor) -> None:
+        """Resolve weights given as a strategy (``alpha="inverse_frequency"``) from training class counts.
+
+        A no-op for losses without such weights, and for weights already resolved (or loaded from a
+        checkpoint).
+        """
+
+    @property
+    def needs_class_counts(self) -> bool:
+        """Whether :meth:`set_class_counts` must be called before the loss can be evaluated."""
+        return False
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # weights resolved from class counts are empty (None) buffers until resolved: take their shape
+        # from the checkpoint, so that a saved run loads into a freshly configured loss
+        for name, buffer in self._buffers.items():
+            key = prefix + name
+            if buffer is None and key in state_dict:
+                self._buffers[name] = torch.empty_like(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={value!r}" for name, value in self.init_args.items() if not isinstance(value, nn.Module))
+
+
+def _recording_init_args(init: Callable[..., None]) -> Callable[..., None]:
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self: BaseLoss, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        arguments.pop(next(iter(signature.parameters)))
+        # the outermost __init__ finishes last, so the most derived class's arguments are kept
+        self.__dict__["init_args"] = arguments
+
+    return __init__
+
+
+class ClassWeightedLoss(BaseLoss):
+    """A multi-class loss with per-class ``alpha`` weights, given or resolved from class counts."""
+
+    alpha: Tensor | None
+
+    def _register_alpha(self, alpha: ClassWeight | AlphaStrategy | None, beta: float, *, required: bool) -> None:
+        self.beta = check_number("beta", beta, 0.0, 1.0, high_closed=False)
+        self.alpha_strategy: AlphaStrategy | None = None
+        if isinstance(alpha, str):
+            if alpha not in ("inverse_frequency", "effective_number"):
+                raise ValueError(
+                    "Expected argument `alpha` to be one weight per class or one of "
+                    f"['inverse_frequency', 'effective_number'], but got {alpha!r}."
+                )
+            self.alpha_strategy = alpha  # type: ignore[assignment]
+            weight = None
+        else:
+            if required and alpha is None:
+                raise ValueError(
+                    "Expected argument `alpha` to be one weight per class, 'inverse_frequency' or "
+                    "'effective_number', but got None."
+                )
+            weight = as_class_weight("alpha", alpha, at_most_one=True)
+        self.register_buffer("alpha", weight)
+
+    @property
+    def needs_class_counts(self) -> bool:
+        return self.alpha_strategy is not None and self.alpha is None
+
+    def set_class_counts(self, class_counts: Sequence[int] | Tensor) -> None:
+        if self.needs_class_counts:
+            assert self.alpha_strategy is not None  # narrowed by needs_class_counts, for mypy
+            weight = class_weights_from_counts(class_counts, self.alpha_strategy, self.beta)
+            self.alpha = weight.to(self._device())
+
+    def _device(self) -> torch.device:
+        tensors = [*self.parameters(), *(b for b in self.buffers() if b is not None)]
+        return tensors[0].device if tensors else torch.device("cpu")
+
+    def _resolved_alpha(self) -> Tensor | None:
+        if self.needs_class_counts:
+            raise RuntimeError(
+                f"{type(self).__name__}(alpha={self.alpha_strategy!r}) is resolved from the training data's "
+                "class counts: call `loss.set_class_counts(counts)` first (LossMixin does this when training "
+                "starts, from the data module's `class_counts`)."
+            )
+        return self.alpha

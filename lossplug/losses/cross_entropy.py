@@ -1,0 +1,141 @@
+"""Cross-entropy, class-balanced cross-entropy and binary cross-entropy modules."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from lossplug.functional import _validation as checks
+from lossplug.functional._validation import AlphaStrategy, Reduction
+from lossplug.functional.cross_entropy import binary_cross_entropy_output, cross_entropy_output
+from lossplug.losses.base import BaseLoss, ClassWeightedLoss
+from lossplug.output import LossOutput
+
+
+class CrossEntropyLoss(BaseLoss):
+    """Cross-entropy with the semantics of ``torch.nn.CrossEntropyLoss``; see
+    :func:`lossplug.functional.cross_entropy_output`.
+
+    Args:
+        weight: Class weights ``(C,)``, finite and >= 0; kept as a buffer.
+        ignore_index: Targets equal to this do not count.
+        label_smoothing: In ``[0, 1]``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        validate_args: Check target values on every call (one host-device sync).
+
+    Example:
+        >>> CrossEntropyLoss()(torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0]))
+        tensor(0.1698)
+    """
+
+    weight: Tensor | None
+
+    def __init__(
+        self,
+        weight: Sequence[float] | None = None,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        reduction: Reduction = "mean",
+        validate_args: bool = True,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("weight", checks.as_class_weight("weight", weight, at_most_one=False))
+        self.ignore_index = ignore_index
+        self.label_smoothing = checks.check_number("label_smoothing", label_smoothing, 0.0, 1.0)
+        checks.check_reduction(reduction)
+        self.reduction: Reduction = reduction
+        self.validate_args = validate_args
+
+    def evaluate(self, input: Tensor, target: Tensor) -> LossOutput:
+        return cross_entropy_output(
+            input, target, self.weight, self.ignore_index, self.label_smoothing, self.reduction, self.validate_args
+        )
+
+
+class BalancedCrossEntropyLoss(ClassWeightedLoss):
+    r"""Alpha-balanced cross-entropy :math:`-\alpha_{y_i} \log p_t`; see
+    :func:`lossplug.functional.balanced_cross_entropy_output`.
+
+    Args:
+        alpha: One weight per class in ``[0, 1]``, or ``"inverse_frequency"`` / ``"effective_number"``
+            to compute them from the training class counts (:meth:`set_class_counts`).
+        beta: The ``"effective_number"`` parameter, in ``[0, 1)``.
+        ignore_index: Targets equal to this do not count.
+        reduction: ``"mean"`` (divides by the sum of alpha over counted samples), ``"sum"`` or ``"none"``.
+        validate_args: Check target values on every call (one host-device sync).
+
+    Example:
+        >>> loss = BalancedCrossEntropyLoss(alpha=[0.25, 0.75])
+        >>> loss(torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1]))
+        tensor(0.2667)
+    """
+
+    def __init__(
+        self,
+        alpha: Sequence[float] | AlphaStrategy,
+        beta: float = 0.999,
+        ignore_index: int = -100,
+        reduction: Reduction = "mean",
+        validate_args: bool = True,
+    ) -> None:
+        super().__init__()
+        self._register_alpha(alpha, beta, required=True)
+        self.ignore_index = ignore_index
+        checks.check_reduction(reduction)
+        self.reduction: Reduction = reduction
+        self.validate_args = validate_args
+
+    def evaluate(self, input: Tensor, target: Tensor) -> LossOutput:
+        alpha = self._resolved_alpha()
+        if target.is_floating_point():
+            raise TypeError(
+                f"Expected `target` to hold integer class indices (int64), but got dtype {target.dtype}. "
+                "Class-probability targets are taken by `CrossEntropyLoss`."
+            )
+        return cross_entropy_output(input, target, alpha, self.ignore_index, 0.0, self.reduction, self.validate_args)
+
+
+class BinaryCrossEntropyLoss(BaseLoss):
+    """Binary cross-entropy on logits, as ``F.binary_cross_entropy_with_logits``; see
+    :func:`lossplug.functional.binary_cross_entropy_output`.
+
+    Args:
+        pos_weight: Weight of positives: one number, or one per class (the last dimension); >= 0.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        validate_args: Check that target values are in [0, 1] on every call (one host-device sync).
+
+    Example:
+        >>> BinaryCrossEntropyLoss()(torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.0]))
+        tensor(1.4100)
+    """
+
+    pos_weight: Tensor | None
+
+    def __init__(
+        self,
+        pos_weight: Sequence[float] | float | None = None,
+        reduction: Reduction = "mean",
+        validate_args: bool = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(pos_weight, int | float) and not isinstance(pos_weight, bool):
+            checks.check_number("pos_weight", pos_weight, 0.0)
+            buffer: Tensor | None = torch.tensor([float(pos_weight)])
+        else:
+            buffer = checks.as_class_weight("pos_weight", pos_weight, at_most_one=False)
+        self.register_buffer("pos_weight", buffer)
+        checks.check_reduction(reduction)
+        self.reduction: Reduction = reduction
+        self.validate_args = validate_args
+
+    def evaluate(self, input: Tensor, target: Tensor) -> LossOutput:
+        if self.pos_weight is not None and self.pos_weight.numel() > 1:
+            classes = input.shape[-1] if input.ndim else 0
+            if classes != self.pos_weight.numel():
+                raise ValueError(
+                    f"Expected `pos_weight` to have one entry per class (the last dimension of `input`, "
+                    f"{classes}), but got {self.pos_weight.numel()} entries."
+                )
+        return binary_cross_entropy_output(input, target, self.pos_weight, self.reduction, self.validate_args)

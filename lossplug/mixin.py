@@ -1,0 +1,167 @@
+"""LossMixin: give an existing LightningModule a configurable lossplug loss and its diagnostics."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any, Protocol, TypeAlias
+
+from torch import Tensor, nn
+
+from lossplug.losses.base import BaseLoss, ModelOutput, select_input
+from lossplug.output import LossOutput
+
+LossLike: TypeAlias = BaseLoss | nn.Module
+"""What a model accepts as its loss: any lossplug loss, or a plain torch loss on logits."""
+
+
+class LossObserver(Protocol):
+    """Receives every loss a :class:`LossMixin` model computes (the diagnostics callbacks)."""
+
+    def observe_loss(self, output: LossOutput, stage: str) -> None:
+        """Take one call's detached :class:`LossOutput`; ``stage`` is ``"train"``, ``"validate"``, ..."""
+
+
+def loss_config(loss: nn.Module) -> dict[str, Any]:
+    """The ``class_path``/``init_args`` of a lossplug loss, as a LightningCLI config would give it.
+
+    Example:
+        >>> from lossplug.losses import FocalLoss
+        >>> loss_config(FocalLoss(gamma=1.0))["init_args"]["gamma"]
+        1.0
+    """
+    init_args = getattr(loss, "init_args", None)
+    if not isinstance(loss, BaseLoss) or init_args is None:
+        raise TypeError(f"Expected a lossplug loss (recording its arguments), but got {type(loss).__name__}.")
+    return {"class_path": f"{type(loss).__module__}.{type(loss).__qualname__}", "init_args": _plain(init_args)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseLoss):
+        return loss_config(value)
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def build_loss(config: Mapping[str, Any] | nn.Module) -> nn.Module:
+    """Instantiate a loss from ``{"class_path": ..., "init_args": ...}`` (nested for WeightedSum terms).
+
+    A module is returned as it is. A short class name (``"FocalLoss"``) is looked up in
+    :mod:`lossplug.losses`.
+
+    Example:
+        >>> build_loss({"class_path": "FocalLoss", "init_args": {"gamma": 1.0}})
+        FocalLoss(gamma=1.0, alpha=None, beta=0.999, ignore_index=-100, reduction='mean', validate_args=True)
+    """
+    if isinstance(config, nn.Module):
+        return config
+    if not isinstance(config, Mapping) or "class_path" not in config:
+        raise ValueError(f"Expected a loss module or a mapping with 'class_path' and 'init_args', but got {config!r}.")
+    class_path = str(config["class_path"])
+    module_name, _, class_name = class_path.rpartition(".")
+    module = importlib.import_module(module_name or "lossplug.losses")
+    loss_class = getattr(module, class_name, None)
+    if not (isinstance(loss_class, type) and issubclass(loss_class, nn.Module)):
+        raise ValueError(f"Expected `class_path` to name a loss module, but got {class_path!r}.")
+    init_args = {key: _built(value) for key, value in dict(config.get("init_args") or {}).items()}
+    return loss_class(**init_args)
+
+
+def _built(value: Any) -> Any:
+    if isinstance(value, Mapping) and "class_path" in value:
+        return build_loss(value)
+    if isinstance(value, Mapping):
+        return {key: _built(item) for key, item in value.items()}
+    return value
+
+
+class LossMixin:
+    """Add a configurable loss to a LightningModule: ``class MyModel(LossMixin, L.LightningModule)``.
+
+    Pass the loss to ``super().__init__(loss=loss)`` and call :meth:`compute_loss` in the steps. The
+    loss becomes the submodule ``self.loss``: ArcFace weights and centers are in
+    ``self.parameters()``, so the optimizer trains them and checkpoints keep them. Every call hands
+    its per-sample losses and p_t, detached and without a host-device sync, to the attached
+    diagnostics (:mod:`lossplug.callbacks`).
+
+    Args:
+        loss: A lossplug loss, a plain torch loss on logits (``torch.nn.CrossEntropyLoss``), or its
+            ``{"class_path", "init_args"}`` config.
+
+    Example:
+        >>> import lightning as L
+        >>> from lossplug.losses import FocalLoss
+        >>> class Model(LossMixin, L.LightningModule):
+        ...     def __init__(self, loss: LossLike = FocalLoss()):
+        ...         super().__init__(loss=loss)
+        ...         self.net = torch.nn.Linear(4, 3)
+        >>> model = Model()
+        >>> model.compute_loss(torch.zeros(2, 3), torch.tensor([0, 1]))
+        tensor(0.4883)
+    """
+
+    loss: nn.Module
+
+    def __init__(self, *args: Any, loss: LossLike | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loss_observers: list[LossObserver] = []
+        if loss is not None:
+            self.loss = build_loss(loss)
+
+    # -- the loss ----------------------------------------------------------------------------------
+    def compute_loss(self, output: ModelOutput, target: Tensor) -> Tensor:
+        """The scalar to optimize, from a logits tensor or a mapping with ``"logits"``/``"embeddings"``.
+
+        Records, for the diagnostics, the per-sample losses, p_t and targets of this call.
+        """
+        loss = self._configured_loss()
+        if not isinstance(loss, BaseLoss):
+            return loss(select_input(output, "logits", type(loss).__name__), target)
+        result = loss.evaluate_output(output, target)
+        if self._loss_observers:
+            stage = self._stage()
+            detached = _detached(result)
+            for observer in self._loss_observers:
+                observer.observe_loss(detached, stage)
+        return result.loss
+
+    def _configured_loss(self) -> nn.Module:
+        loss = self.__dict__.get("_modules", {}).get("loss")
+        if loss is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no loss: pass it to the mixin with `super().__init__(loss=loss)` "
+                "in `__init__`."
+            )
+        return loss
+
+    def _stage(self) -> str:
+        trainer = getattr(self, "_trainer", None)
+        stage = trainer.state.stage if trainer is not None else None
+        return str(stage.value) if stage is not None else "train"
+
+    # -- observers (the diagnostics callbacks) -------------------------------------------------------
+    def add_loss_observer(self, observer: LossObserver) -> None:
+        """Send every computed :class:`LossOutput` to ``observer`` (idempotent)."""
+        if observer not in self._loss_observers:
+            self._loss_observers.append(observer)
+
+    def remove_loss_observer(self, observer: LossObserver) -> None:
+        """Stop sending outputs to ``observer``."""
+        if observer in self._loss_observers:
+            self._loss_observers.remove(observer)
+
+
+def _detached(output: LossOutput) -> LossOutput:
+    return output._replace(
+        loss=output.loss.detach(),
+        per_sample=output.per_sample.detach(),
+        terms={name: _detached(term) for name, term in output.terms.items()},
+    )
+
+
+__all__ = ["LossLike", "LossMixin", "LossObserver", "build_loss", "loss_config"]
