@@ -1,8 +1,14 @@
 """lossplug: classification losses for Lightning, picked from YAML, with diagnostics of where the loss comes from."""
 
-from lossplug.mixin import LossMixin, build_loss, loss_config
+import warnings
+
+from lossplug.mixin import LossLike, LossMixin, build_loss, loss_config
 from lossplug.output import LossOutput
+
+# Lightning rebuilds LightningCLI checkpoints with a jsonargparse call that jsonargparse deprecates;
+# the warning reaches users of `load_from_checkpoint`, who can do nothing about it
+warnings.filterwarnings("ignore", message=r"(?s).*``instantiate_classes`` was deprecated")
 
 __version__ = "0.1.0"
 
-__all__ = ["LossMixin", "LossOutput", "__version__", "build_loss", "loss_config"]
+__all__ = ["LossLike", "LossMixin", "LossOutput", "__version__", "build_loss", "loss_config"]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+import inspect
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol, TypeAlias
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lossplug.losses.base import BaseLoss, ModelOutput, select_input
@@ -122,6 +125,8 @@ class LossMixin:
         loss = self._configured_loss()
         if not isinstance(loss, BaseLoss):
             return loss(select_input(output, "logits", type(loss).__name__), target)
+        if loss.needs_class_counts:
+            loss.set_class_counts(self._training_class_counts(loss))
         result = loss.evaluate_output(output, target)
         if self._loss_observers:
             stage = self._stage()
@@ -139,10 +144,73 @@ class LossMixin:
             )
         return loss
 
+    def _training_class_counts(self, loss: BaseLoss) -> Sequence[int] | Tensor:
+        trainer = getattr(self, "_trainer", None)
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        counts = getattr(datamodule, "class_counts", None)
+        if counts is None:
+            raise RuntimeError(
+                f"{type(loss).__name__} computes its class weights from the training class counts, but "
+                f"{'no data module is attached' if datamodule is None else type(datamodule).__name__ + ' has no `class_counts`'}. "
+                "Give the data module a `class_counts` attribute (training samples per class), call "
+                "`model.loss.set_class_counts(counts)` before training, or give `alpha` as one weight per class."
+            )
+        return counts
+
     def _stage(self) -> str:
         trainer = getattr(self, "_trainer", None)
         stage = trainer.state.stage if trainer is not None else None
         return str(stage.value) if stage is not None else "train"
+
+    def loss_target(self, target: Tensor, num_classes: int) -> Tensor:
+        """The target in the form the loss takes: class indices become one-hot floats for binary and
+        multi-label losses (one-vs-rest), and are passed as they are otherwise."""
+        loss = self._configured_loss()
+        if getattr(loss, "target_kind", "index") == "probability" and not target.is_floating_point():
+            return F.one_hot(target.long(), num_classes).to(torch.float32)
+        return target
+
+    def prediction_logits(self, output: ModelOutput) -> Tensor:
+        """Class scores to rank predictions by: the margin-free cosine logits of an ArcFace loss (its
+        class weights are the classifier), else the model's logits."""
+        for module in self._configured_loss().modules():
+            cosine_logits = getattr(module, "cosine_logits", None)
+            if callable(cosine_logits):
+                return cosine_logits(select_input(output, "embeddings", type(module).__name__))
+        return select_input(output, "logits", "prediction")
+
+    def parameter_groups(self, lr: float, loss_lr: float | None = None, weight_decay: float = 0.0) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: the model's own parameters, and the loss's (ArcFace weights,
+        centers) with their own learning rate ``loss_lr`` (default ``lr``) and no weight decay, which
+        would pull centers towards the origin."""
+        loss_ids = {id(parameter) for parameter in self._configured_loss().parameters()}
+        own = [p for p in self._all_parameters() if id(p) not in loss_ids and p.requires_grad]
+        groups: list[dict[str, Any]] = [{"params": own, "lr": lr, "weight_decay": weight_decay}]
+        loss_parameters = [p for p in self._configured_loss().parameters() if p.requires_grad]
+        if loss_parameters:
+            groups.append({"params": loss_parameters, "lr": lr if loss_lr is None else loss_lr, "weight_decay": 0.0})
+        return groups
+
+    def _all_parameters(self) -> Iterator[nn.Parameter]:
+        return nn.Module.parameters(self)  # type: ignore[arg-type]
+
+    def save_hyperparameters(self, *args: Any, ignore: Sequence[str] | str | None = None, frame: Any = None, logger: bool = True) -> None:
+        """Lightning's ``save_hyperparameters``, with a loss module stored as its ``class_path``/``init_args``.
+
+        The loss is then written to ``hparams.yaml`` as configured and ``load_from_checkpoint``
+        rebuilds exactly that loss (its parameters come from the state dict), instead of pickling
+        the module or warning about it.
+        """
+        if frame is None:
+            frame = inspect.currentframe().f_back  # type: ignore[union-attr]
+        loss = frame.f_locals.get("loss") if frame is not None else None
+        ignored = [ignore] if isinstance(ignore, str) else list(ignore or [])
+        convert = isinstance(loss, BaseLoss) and "loss" not in ignored and not args
+        super().save_hyperparameters(*args, ignore=[*ignored, "loss"] if convert else ignore, frame=frame, logger=logger)  # type: ignore[misc]
+        if convert:
+            config = loss_config(loss)  # type: ignore[arg-type]
+            self._hparams["loss"] = config  # type: ignore[attr-defined]
+            self._hparams_initial["loss"] = dict(config)  # type: ignore[attr-defined]
 
     # -- observers (the diagnostics callbacks) -------------------------------------------------------
     def add_loss_observer(self, observer: LossObserver) -> None:

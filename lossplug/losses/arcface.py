@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lossplug.functional import _validation as checks
@@ -20,8 +21,9 @@ class ArcFaceLoss(BaseLoss):
     inside, so the optimizer trains it and checkpoints keep it.
 
     Args:
-        num_classes: Number of classes ``C``.
-        embedding_dim: Embedding size ``D``.
+        num_classes: Number of classes ``C``; the ``lossplug`` command fills it in from the data module
+            (``None`` is an error anywhere else).
+        embedding_dim: Embedding size ``D``; filled in from the model by the ``lossplug`` command.
         scale: :math:`s > 0`.
         margin: :math:`m` in ``[0, pi/2)``.
         easy_margin: Apply the margin only where the cosine is positive.
@@ -38,8 +40,8 @@ class ArcFaceLoss(BaseLoss):
 
     def __init__(
         self,
-        num_classes: int,
-        embedding_dim: int,
+        num_classes: int | None = None,
+        embedding_dim: int | None = None,
         scale: float = 64.0,
         margin: float = 0.5,
         easy_margin: bool = False,
@@ -54,8 +56,12 @@ class ArcFaceLoss(BaseLoss):
         checks.check_reduction(reduction)
         self.reduction: Reduction = reduction
         self.validate_args = validate_args
-        self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
+        self.weight = nn.Parameter(torch.empty(self.num_classes, self.embedding_dim))
         nn.init.xavier_uniform_(self.weight)
+
+    def cosine_logits(self, embeddings: Tensor) -> Tensor:
+        r"""Class scores :math:`s \cos\theta_j` without the margin ``(N, C)``: what to rank classes by at test time."""
+        return F.linear(F.normalize(embeddings, dim=1), F.normalize(self.weight, dim=1)) * self.scale
 
     def evaluate(self, input: Tensor, target: Tensor) -> LossOutput:
         return arcface_loss_output(

@@ -15,6 +15,7 @@ from lossplug.functional.class_weights import class_weights_from_counts
 from lossplug.output import LossOutput
 
 InputKind: TypeAlias = Literal["logits", "embeddings"]
+TargetKind: TypeAlias = Literal["index", "probability"]
 ModelOutput: TypeAlias = Tensor | Mapping[str, Tensor]
 
 
@@ -53,9 +54,12 @@ class BaseLoss(nn.Module):
 
     Attributes:
         input_kind: What the loss consumes from a model output: ``"logits"`` or ``"embeddings"``.
+        target_kind: What it takes as target: class indices (``"index"``), or floats in [0, 1] per
+            element (``"probability"``: the binary and multi-label losses).
     """
 
     input_kind: ClassVar[InputKind | Literal["mixed"]] = "logits"
+    target_kind: TargetKind = "index"
     init_args: dict[str, Any]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

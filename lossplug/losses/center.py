@@ -22,8 +22,9 @@ class CenterLoss(BaseLoss):
     e.g. ``WeightedSum({"ce": CrossEntropyLoss(), "center": CenterLoss(10, 64)}, {"ce": 1, "center": 0.01})``.
 
     Args:
-        num_classes: Number of classes ``C``.
-        feature_dim: Feature size ``D``.
+        num_classes: Number of classes ``C``; the ``lossplug`` command fills it in from the data module
+            (``None`` is an error anywhere else).
+        feature_dim: Feature size ``D``; filled in from the model by the ``lossplug`` command.
         update: ``"optimizer"``: the centers are a parameter trained with the model (give them their
             own learning rate with a parameter group). ``"moving_average"``: the paper's rule
             :math:`c_j \leftarrow c_j - \alpha \sum_{i:y_i=j}(c_j - x_i)/(1+n_j)` applied after each
@@ -46,8 +47,8 @@ class CenterLoss(BaseLoss):
 
     def __init__(
         self,
-        num_classes: int,
-        feature_dim: int,
+        num_classes: int | None = None,
+        feature_dim: int | None = None,
         update: Literal["optimizer", "moving_average"] = "optimizer",
         center_lr: float = 0.5,
         reduction: Reduction = "mean",
@@ -62,7 +63,7 @@ class CenterLoss(BaseLoss):
         checks.check_reduction(reduction)
         self.reduction: Reduction = reduction
         self.validate_args = validate_args
-        centers = torch.randn(num_classes, feature_dim)
+        centers = torch.randn(self.num_classes, self.feature_dim)
         if update == "optimizer":
             self.centers = nn.Parameter(centers)
         else:

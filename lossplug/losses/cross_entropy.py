@@ -111,6 +111,7 @@ class BinaryCrossEntropyLoss(BaseLoss):
         tensor(1.4100)
     """
 
+    target_kind = "probability"
     pos_weight: Tensor | None
 
     def __init__(

@@ -76,6 +76,8 @@ class BinaryFocalLoss(BaseLoss):
         tensor(1.4698)
     """
 
+    target_kind = "probability"
+
     def __init__(
         self,
         gamma: float = 2.0,

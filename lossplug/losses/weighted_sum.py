@@ -59,6 +59,12 @@ class WeightedSum(BaseLoss):
         for name, weight in weights.items():
             if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
                 raise ValueError(f"Expected the weight of term {name!r} to be a finite number >= 0, but got {weight!r}.")
+        target_kinds = {name: term.target_kind for name, term in terms.items()}
+        if len(set(target_kinds.values())) > 1:
+            raise ValueError(
+                f"Expected every WeightedSum term to take the same kind of target (they share it), but got {target_kinds}."
+            )
+        self.target_kind = next(iter(target_kinds.values()))
         self.terms = nn.ModuleDict(dict(terms))
         self.weights = {name: float(weights[name]) for name in terms}
 
@@ -67,7 +73,7 @@ class WeightedSum(BaseLoss):
 
     def evaluate_output(self, output: ModelOutput, target: Tensor) -> LossOutput:
         if isinstance(output, Tensor):
-            kinds = {term.input_kind for term in self._terms()}
+            kinds = {term.input_kind for term in self._terms().values()}
             if len(kinds) > 1:
                 raise ValueError(
                     f"WeightedSum terms consume {sorted(kinds)} (a tensor is one of them): return a mapping with "
