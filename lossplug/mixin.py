@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import typing
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol, TypeAlias
 
@@ -26,16 +27,26 @@ class LossObserver(Protocol):
 
 
 def loss_config(loss: nn.Module) -> dict[str, Any]:
-    """The ``class_path``/``init_args`` of a lossplug loss, as a LightningCLI config would give it.
+    """The ``class_path``/``init_args`` of a loss, as a LightningCLI config would give it.
+
+    lossplug losses record their constructor arguments. For other modules (a torch loss), the
+    arguments are read back from attributes of the same name, as torch's losses keep them.
 
     Example:
         >>> from lossplug.losses import FocalLoss
         >>> loss_config(FocalLoss(gamma=1.0))["init_args"]["gamma"]
         1.0
+        >>> loss_config(nn.CrossEntropyLoss(label_smoothing=0.1))["init_args"]["label_smoothing"]
+        0.1
     """
-    init_args = getattr(loss, "init_args", None)
-    if not isinstance(loss, BaseLoss) or init_args is None:
-        raise TypeError(f"Expected a lossplug loss (recording its arguments), but got {type(loss).__name__}.")
+    if not isinstance(loss, nn.Module):
+        raise TypeError(f"Expected a loss module, but got {type(loss).__name__}.")
+    if isinstance(loss, BaseLoss):
+        init_args = loss.init_args
+    else:
+        parameters = inspect.signature(type(loss)).parameters.values()
+        keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        init_args = {p.name: getattr(loss, p.name) for p in parameters if p.kind in keyword and hasattr(loss, p.name)}
     return {"class_path": f"{type(loss).__module__}.{type(loss).__qualname__}", "init_args": _plain(init_args)}
 
 
@@ -72,7 +83,22 @@ def build_loss(config: Mapping[str, Any] | nn.Module) -> nn.Module:
     if not (isinstance(loss_class, type) and issubclass(loss_class, nn.Module)):
         raise ValueError(f"Expected `class_path` to name a loss module, but got {class_path!r}.")
     init_args = {key: _built(value) for key, value in dict(config.get("init_args") or {}).items()}
+    if not issubclass(loss_class, BaseLoss):
+        init_args = _tensor_arguments(loss_class, init_args)
     return loss_class(**init_args)
+
+
+def _tensor_arguments(loss_class: type, init_args: dict[str, Any]) -> dict[str, Any]:
+    """Lists back to tensors where a torch loss takes a tensor (``weight``, ``pos_weight``)."""
+    try:
+        hints = typing.get_type_hints(loss_class.__init__)
+    except (NameError, TypeError):
+        return init_args
+    takes_tensor = {name for name, hint in hints.items() if hint is Tensor or Tensor in typing.get_args(hint)}
+    return {
+        name: torch.tensor(value) if name in takes_tensor and isinstance(value, list) else value
+        for name, value in init_args.items()
+    }
 
 
 def _built(value: Any) -> Any:
@@ -205,10 +231,10 @@ class LossMixin:
             frame = inspect.currentframe().f_back  # type: ignore[union-attr]
         loss = frame.f_locals.get("loss") if frame is not None else None
         ignored = [ignore] if isinstance(ignore, str) else list(ignore or [])
-        convert = isinstance(loss, BaseLoss) and "loss" not in ignored and not args
+        convert = isinstance(loss, nn.Module) and "loss" not in ignored and not args
         super().save_hyperparameters(*args, ignore=[*ignored, "loss"] if convert else ignore, frame=frame, logger=logger)  # type: ignore[misc]
         if convert:
-            config = loss_config(loss)  # type: ignore[arg-type]
+            config = loss_config(loss)
             self._hparams["loss"] = config  # type: ignore[attr-defined]
             self._hparams_initial["loss"] = dict(config)  # type: ignore[attr-defined]
 
