@@ -11,6 +11,7 @@ import inspect
 import re
 import sys
 import warnings
+from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, NoReturn
@@ -119,7 +120,7 @@ class LossplugCLI(LightningCLI):
         if self.trainer.interrupted or (not self.trainer.is_global_zero and self.trainer.world_size > 1):
             return
         checkpoint = self.trainer.checkpoint_callback
-        ckpt_path = "best" if checkpoint is not None and getattr(checkpoint, "best_model_path", "") else None
+        ckpt_path = "best" if checkpoint is not None and getattr(checkpoint, "best_model_path", None) else None
         results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False)
         if self.trainer.is_global_zero and results:
             print_summary(results[0], self.model.class_names, self.trainer.log_dir, ckpt_path)
@@ -175,7 +176,7 @@ def _share_logger_version(config: Namespace) -> None:
                 init_args.version = version
 
 
-def print_summary(results: dict[str, float], class_names: list[str], log_dir: str | None, ckpt_path: str | None) -> None:
+def print_summary(results: Mapping[str, float], class_names: list[str], log_dir: str | None, ckpt_path: str | None) -> None:
     """Print accuracy, macro-F1 and per-class recall on the test split, and where the logs are."""
     console = Console()
     source = "best checkpoint" if ckpt_path else "last weights"

@@ -91,7 +91,7 @@ def build_loss(config: Mapping[str, Any] | nn.Module) -> nn.Module:
 def _tensor_arguments(loss_class: type, init_args: dict[str, Any]) -> dict[str, Any]:
     """Lists back to tensors where a torch loss takes a tensor (``weight``, ``pos_weight``)."""
     try:
-        hints = typing.get_type_hints(loss_class.__init__)
+        hints = typing.get_type_hints(loss_class.__init__)  # type: ignore[misc]
     except (NameError, TypeError):
         return init_args
     takes_tensor = {name for name, hint in hints.items() if hint is Tensor or Tensor in typing.get_args(hint)}
@@ -233,7 +233,7 @@ class LossMixin:
         ignored = [ignore] if isinstance(ignore, str) else list(ignore or [])
         convert = isinstance(loss, nn.Module) and "loss" not in ignored and not args
         super().save_hyperparameters(*args, ignore=[*ignored, "loss"] if convert else ignore, frame=frame, logger=logger)  # type: ignore[misc]
-        if convert:
+        if convert and isinstance(loss, nn.Module):
             config = loss_config(loss)
             self._hparams["loss"] = config  # type: ignore[attr-defined]
             self._hparams_initial["loss"] = dict(config)  # type: ignore[attr-defined]

@@ -121,7 +121,9 @@ class BinaryCrossEntropyLoss(BaseLoss):
         validate_args: bool = True,
     ) -> None:
         super().__init__()
-        if isinstance(pos_weight, int | float) and not isinstance(pos_weight, bool):
+        if isinstance(pos_weight, bool):
+            raise TypeError(f"Expected argument `pos_weight` to be a number or one per class, but got {pos_weight!r}.")
+        if isinstance(pos_weight, int | float):
             checks.check_number("pos_weight", pos_weight, 0.0)
             buffer: Tensor | None = torch.tensor([float(pos_weight)])
         else:
