@@ -194,8 +194,8 @@ def balanced_cross_entropy_output(
         >>> balanced_cross_entropy_output(logits, torch.tensor([0, 1]), alpha=[0.25, 0.75]).loss
         tensor(0.2667)
     """
-    alpha_tensor = _as_alpha(alpha, input)
     check_floating("input", input)
+    alpha_tensor = _as_alpha(alpha, input)
     if isinstance(target, Tensor) and target.is_floating_point():
         raise TypeError(
             f"Expected `target` to hold integer class indices (int64), but got dtype {target.dtype}. "
@@ -205,11 +205,11 @@ def balanced_cross_entropy_output(
 
 
 def _as_alpha(alpha: Tensor | ClassWeight, input: Tensor) -> Tensor:
-    if isinstance(alpha, Tensor) and alpha.device == input.device and alpha.dtype == torch.float32:
-        return alpha
     checked = as_class_weight("alpha", alpha, at_most_one=True)
     if checked is None:
         raise ValueError("Expected argument `alpha` to be one weight per class, but got None.")
+    if input.ndim >= 2:
+        check_class_weight_length("alpha", checked, input.shape[1])
     return checked.to(input.device)
 
 

@@ -101,6 +101,15 @@ class BaseLoss(nn.Module):
                 self._buffers[name] = torch.empty_like(state_dict[key])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> BaseLoss:
+        super()._apply(fn, recurse)
+        # class weights and alphas stay float32 under .half() / .to(torch.bfloat16): summed over a
+        # large batch in 16 bits, the denominator of "mean" overflows to inf
+        for name, buffer in self._buffers.items():
+            if buffer is not None and buffer.dtype in (torch.float16, torch.bfloat16):
+                self._buffers[name] = buffer.float()
+        return self
+
     def extra_repr(self) -> str:
         return ", ".join(f"{name}={value!r}" for name, value in self.init_args.items() if not isinstance(value, nn.Module))
 

@@ -89,6 +89,8 @@ class BalancedCrossEntropyLoss(ClassWeightedLoss):
 
     def evaluate(self, input: Tensor, target: Tensor) -> LossOutput:
         alpha = self._resolved_alpha()
+        if alpha is not None and input.ndim >= 2:
+            checks.check_class_weight_length("alpha", alpha, input.shape[1])
         if target.is_floating_point():
             raise TypeError(
                 f"Expected `target` to hold integer class indices (int64), but got dtype {target.dtype}. "
