@@ -1,0 +1,393 @@
+"""What both diagnostics callbacks share: observing the loss, the epoch life cycle, the tidy CSV."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar, Literal, TypeAlias, get_args
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import Callback
+from rich.console import Console
+from typing_extensions import override
+
+from lossplug.callbacks._accumulate import Layout, StatisticSums, layout_of
+from lossplug.functional._validation import check_option
+from lossplug.losses.base import BaseLoss
+from lossplug.mixin import LossMixin
+from lossplug.output import LossOutput
+
+Stage: TypeAlias = Literal["train", "validate", "test"]
+"""A stage whose loss statistics a callback collects (the values of ``trainer.state.stage``)."""
+
+_STEP_METHOD = {"train": "training_step", "validate": "validation_step", "test": "test_step"}
+_OBSERVED_IN: dict[str, tuple[Stage, ...]] = {
+    "fit": ("train", "validate"),
+    "validate": ("validate",),
+    "test": ("test",),
+}
+"""The stages each of the trainer's entry points (``setup``'s ``stage``) runs."""
+
+
+def check_stages(stages: object) -> tuple[Stage, ...]:
+    """Return ``stages`` as a tuple, or raise unless it is a non-empty sequence of known stages."""
+    if isinstance(stages, str) or not isinstance(stages, Sequence) or not stages:
+        raise ValueError(
+            f"Expected argument `stages` to be a non-empty list of {list(get_args(Stage))}, but got {stages!r}."
+        )
+    for stage in stages:
+        check_option("stages", stage, get_args(Stage))
+    return tuple(dict.fromkeys(stages))
+
+
+class _StageRecord:
+    """One stage's accumulation for the epoch that is running."""
+
+    def __init__(self) -> None:
+        self.sums: StatisticSums | None = None
+        self.layout: Layout | None = None
+        self.batches = 0
+
+
+class LossStatisticsCallback(Callback):
+    """Base of the diagnostics callbacks: observes a :class:`~lossplug.mixin.LossMixin` model's loss.
+
+    Subclasses say what to add to the device table per observed output (:meth:`_increment`), how
+    large the table is (:meth:`_table_shape`) and what to do with the reduced table at the end of
+    an epoch (:meth:`_epoch_finished`, rank zero only); this class runs the rest: registration,
+    per-stage accumulation, reduction over processes, the CSV and its resumption.
+    """
+
+    csv_name: ClassVar[str]
+    csv_header: ClassVar[tuple[str, ...]]
+
+    def __init__(self, stages: Sequence[Stage], dirpath: str | None, verbose: bool) -> None:
+        self.stages = check_stages(stages)
+        if dirpath is not None and not isinstance(dirpath, str | os.PathLike):
+            raise TypeError(f"Expected argument `dirpath` to be a path or None, but got {type(dirpath).__name__}.")
+        self.dirpath = None if dirpath is None else os.fspath(dirpath)
+        self.verbose = bool(verbose)
+        self._records: dict[str, _StageRecord] = {}
+        self._tables: dict[str, StatisticSums] = {}
+        self._log_dir: str | None = None
+        self._csv_path: str | None = None
+        self._written: list[tuple[int, str]] = []
+        self._restored: dict[str, Any] | None = None
+        self._observed_any = False
+        self._warned_stages: set[str] = set()
+
+    # -- what subclasses provide ---------------------------------------------------------------------
+    def _table_shape(self, layout: Layout) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def _increment(self, output: LossOutput, dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor]:
+        raise NotImplementedError
+
+    def _check_output(self, output: LossOutput) -> None:
+        """Raise when this callback cannot use ``output`` (called once per stage and epoch)."""
+
+    def _epoch_finished(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        stage: str,
+        epoch: int,
+        layout: Layout,
+        table: torch.Tensor,
+    ) -> list[Sequence[Any]]:
+        """Log and print one stage's reduced table (rank zero); return its CSV rows."""
+        raise NotImplementedError
+
+    def _rows_restored(self, rows: list[dict[str, str]]) -> None:
+        """Rows of earlier epochs carried over into the CSV when a run resumes."""
+
+    def _new_run(self) -> None:
+        """Forget what earlier runs left in memory (the callback is used again in a new run directory)."""
+
+    # -- the observer ---------------------------------------------------------------------------------
+    def observe_loss(self, output: LossOutput, stage: str) -> None:
+        """Add one step's detached :class:`LossOutput` to the device sums of ``stage``."""
+        if stage not in self.stages:
+            return
+        record = self._records.get(stage)
+        if record is None:
+            record = self._records[stage] = _StageRecord()
+        if record.sums is None or record.layout is None:
+            self._check_output(output)
+            record.layout = layout_of(output)
+            record.sums = self._table(stage, record.layout, output.per_sample.device)
+        elif output.num_classes != record.layout.num_classes or output.task != record.layout.task:
+            raise ValueError(
+                f"{type(self).__name__} got loss outputs of two kinds in one {stage} epoch: {record.layout} and then "
+                f"{layout_of(output)}. Use one loss (one number of classes) for every step of a stage."
+            )
+        index, values = self._increment(output, record.sums.sums.dtype)
+        record.sums.update(index, values)
+        self._observed_any = True
+
+    def _table(self, stage: str, layout: Layout, device: torch.device) -> StatisticSums:
+        """The stage's device table, zeroed; kept from epoch to epoch while its shape and device stay."""
+        shape = self._table_shape(layout)
+        table = self._tables.get(stage)
+        if table is None or tuple(table.sums.shape) != shape or table.sums.device != device:
+            table = self._tables[stage] = StatisticSums(shape, device)
+        else:
+            table.reset()
+        return table
+
+    # -- registration -----------------------------------------------------------------------------------
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not set(_OBSERVED_IN.get(stage, ())) & set(self.stages):
+            return  # e.g. `trainer.predict`, or `trainer.test` when "test" is not in `stages`
+        if not isinstance(pl_module, LossMixin):
+            name = type(pl_module).__name__
+            raise TypeError(
+                f"{type(self).__name__} reads the per-sample losses of a lossplug model, but {name} does not use "
+                f"LossMixin. Declare `class {name}(LossMixin, L.LightningModule)`, pass the loss with "
+                "`super().__init__(loss=loss)` and compute it with `self.compute_loss(output, target)`."
+            )
+        pl_module.add_loss_observer(self)
+        # trainer.log_dir is a collective (a broadcast from rank zero): resolve it here, on every rank
+        self._log_dir = self.dirpath if self.dirpath is not None else (trainer.log_dir or trainer.default_root_dir)
+        self._records.clear()
+        if trainer.is_global_zero and self._csv_path is not None and self._csv_path != self.csv_path:
+            # the same callback in a new run directory: a new CSV, and nothing of the old run in memory
+            self._csv_path = None
+            self._written.clear()
+            self._new_run()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if isinstance(pl_module, LossMixin):
+            pl_module.remove_loss_observer(self)
+        self._records.clear()
+        self._tables.clear()
+
+    # -- the epoch life cycle -----------------------------------------------------------------------------
+    def _start_stage(self, trainer: pl.Trainer, stage: str) -> None:
+        if not trainer.sanity_checking:
+            self._records[stage] = _StageRecord()
+
+    def _count_batch(self, trainer: pl.Trainer, stage: str) -> None:
+        if stage in self.stages and not trainer.sanity_checking:
+            self._records.setdefault(stage, _StageRecord()).batches += 1
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start_stage(trainer, "train")
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start_stage(trainer, "validate")
+
+    @override
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start_stage(trainer, "test")
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
+        self._count_batch(trainer, "train")
+
+    @override
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        self._count_batch(trainer, "validate")
+
+    @override
+    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
+        self._count_batch(trainer, "test")
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end_stage(trainer, pl_module, "train")
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            self._records.pop("validate", None)
+            return
+        self._end_stage(trainer, pl_module, "validate")
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end_stage(trainer, pl_module, "test")
+
+    def _end_stage(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage not in self.stages:
+            return
+        record = self._records.pop(stage, None) or _StageRecord()
+        layout, batches, observed_any = record.layout, record.batches, self._observed_any
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            # a rank that saw no loss still has to join the reduction with a table of the same shape
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (layout, batches, observed_any))
+            layouts = [item[0] for item in gathered if item[0] is not None]
+            layout = layouts[0] if layouts else None
+            batches = sum(item[1] for item in gathered)
+            observed_any = any(item[2] for item in gathered)
+        if layout is None:
+            if batches > 0:
+                self._no_statistics(pl_module, stage, batches, observed_any)
+            return
+        sums = record.sums if record.sums is not None else self._table(stage, layout, pl_module.device)
+        table = sums.reduced()
+        epoch = trainer.current_epoch
+        if trainer.is_global_zero:
+            rows = self._epoch_finished(trainer, pl_module, stage, epoch, layout, table)
+            self._append_rows(rows)
+        self._written.append((epoch, stage))
+
+    def _no_statistics(self, pl_module: pl.LightningModule, stage: str, batches: int, observed_any: bool) -> None:
+        loss = pl_module.__dict__.get("_modules", {}).get("loss")
+        where = f"{type(self).__name__} got no loss statistics in {batches} {stage} batches"
+        if loss is not None and not isinstance(loss, BaseLoss):
+            raise RuntimeError(
+                f"{where}: the model's loss is {type(loss).__module__}.{type(loss).__name__}, which gives no per-sample "
+                "losses. Configure a lossplug loss instead (e.g. `lossplug.losses.CrossEntropyLoss`)."
+            )
+        advice = (
+            f"compute the loss with `self.compute_loss(output, target)` in `{type(pl_module).__name__}."
+            f"{_STEP_METHOD[stage]}`"
+        )
+        if not observed_any:
+            raise RuntimeError(f"{where}: {advice}.")
+        if stage not in self._warned_stages:
+            self._warned_stages.add(stage)
+            warnings.warn(
+                f"{where}: {advice}, or leave {stage!r} out of `stages`. Skipping {stage} statistics.", stacklevel=2
+            )
+
+    # -- the CSV and resumption -------------------------------------------------------------------------
+    @property
+    def log_dir(self) -> str | None:
+        """Where the CSV (and plots) go: ``dirpath``, else the run's log directory; known from ``setup``."""
+        return self._log_dir
+
+    @property
+    def csv_path(self) -> str | None:
+        """The CSV this callback writes; None before the run's log directory is known."""
+        return None if self._log_dir is None else os.path.join(self._log_dir, self.csv_name)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        restored, self._restored = self._restored, None
+        if restored is None:
+            return
+        # epochs from the checkpoint's epoch on run again: their rows are written anew
+        resume_epoch = trainer.current_epoch
+        self._written = [
+            (int(epoch), str(stage)) for epoch, stage in restored.get("written", []) if epoch < resume_epoch
+        ]
+        previous = restored.get("csv_path")
+        if trainer.is_global_zero and previous is not None:
+            self._carry_over(previous, resume_epoch)
+
+    def _carry_over(self, previous: str, resume_epoch: int) -> None:
+        target = self.csv_path
+        if target is None:  # setup, which knows the log directory, always runs before on_train_start
+            return
+        if not os.path.exists(previous):
+            if self._written:
+                warnings.warn(
+                    f"{type(self).__name__} resumes a run whose CSV {previous!r} is gone: epochs before {resume_epoch} "
+                    f"are missing from {target!r}.",
+                    stacklevel=2,
+                )
+            return
+        with open(previous, newline="") as file:
+            reader = csv.DictReader(file)
+            kept = [row for row in reader if int(row["epoch"]) < resume_epoch]
+        found = {(int(row["epoch"]), row["stage"]) for row in kept}
+        missing = sorted(set(self._written) - found)
+        if missing:
+            warnings.warn(
+                f"{type(self).__name__}: {previous!r} lacks the rows of {missing} (epoch, stage), which the checkpoint "
+                "says were written.",
+                stacklevel=2,
+            )
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        partial = target + ".partial"
+        with open(partial, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(self.csv_header))
+            writer.writeheader()
+            writer.writerows(kept)
+        os.replace(partial, target)
+        self._csv_path = target
+        self._rows_restored(kept)
+
+    def _append_rows(self, rows: Iterable[Sequence[Any]]) -> None:
+        target = self.csv_path
+        if target is None:
+            raise RuntimeError(f"{type(self).__name__} writes its CSV only in a run (its `setup` was not called).")
+        fresh = self._csv_path != target
+        if fresh and os.path.exists(target):
+            warnings.warn(f"{type(self).__name__} replaces {target!r}, left there by an earlier run.", stacklevel=2)
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        with open(target, "w" if fresh else "a", newline="") as file:
+            writer = csv.writer(file)
+            if fresh:
+                writer.writerow(self.csv_header)
+            writer.writerows(rows)
+        self._csv_path = target
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(stages=list(self.stages), dirpath=self.dirpath)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        csv_path = self._csv_path
+        if csv_path is None and self._restored is not None:  # loaded, not yet carried over
+            csv_path = self._restored.get("csv_path")
+        return {"csv_path": csv_path, "written": [list(key) for key in self._written]}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = dict(state_dict)
+        self._written = [(int(epoch), str(stage)) for epoch, stage in state_dict.get("written", [])]
+        self._csv_path = None
+
+
+def class_names_for(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, given: Sequence[str] | None, num_classes: int
+) -> list[str]:
+    """Names of the classes: ``given``, else the data module's or the model's ``class_names``, else the indices."""
+    candidates = [
+        (given, "argument `class_names`"),
+        (getattr(getattr(trainer, "datamodule", None), "class_names", None), "the data module's `class_names`"),
+        (getattr(pl_module, "class_names", None), "the model's `class_names`"),
+    ]
+    for names, source in candidates:
+        if names is None:
+            continue
+        if len(names) == num_classes:
+            return [str(name) for name in names]
+        warnings.warn(
+            f"Expected {source} to name the loss's {num_classes} classes, but got {len(names)} names; ignoring them.",
+            stacklevel=2,
+        )
+    return [str(index) for index in range(num_classes)]
+
+
+_console: Console | None = None
+
+
+def console() -> Console:
+    """The console the callbacks print to (created on first use, so that it writes to the current stdout)."""
+    global _console
+    if _console is None:
+        _console = Console()
+    return _console
+
+
+def share(part: float, total: float) -> float:
+    """``part / total``, NaN when the total is zero (a share of nothing is undefined)."""
+    return part / total if total != 0 else math.nan

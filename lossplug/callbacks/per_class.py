@@ -1,0 +1,219 @@
+"""PerClassLossMonitor: which classes the loss comes from, per epoch and stage."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from rich.table import Table
+from torch import Tensor
+from typing_extensions import override
+
+from lossplug.callbacks._accumulate import Layout, per_class_increment
+from lossplug.callbacks._base import LossStatisticsCallback, Stage, class_names_for, console, share
+from lossplug.functional._validation import check_number, check_positive_int
+from lossplug.output import LossOutput
+
+TOTAL = "total"
+"""The ``term`` of the rows for the whole loss (a :class:`~lossplug.losses.WeightedSum`'s terms have their names)."""
+
+
+class PerClassLossMonitor(LossStatisticsCallback):
+    r"""Per epoch and stage: how many samples of each class were seen, their loss, and its share.
+
+    For each class :math:`c`, with :math:`\ell_i` the per-sample loss (class weights included) and
+    the sums over the epoch's non-ignored samples on every process:
+
+    .. math::
+        \mathrm{count}_c = |\{i : y_i = c\}|, \quad
+        \mathrm{loss\_sum}_c = \sum_{i : y_i = c} \ell_i, \quad
+        \mathrm{loss\_mean}_c = \frac{\mathrm{loss\_sum}_c}{\mathrm{count}_c}, \quad
+        \mathrm{share}_c = \frac{\mathrm{loss\_sum}_c}{\sum_k \mathrm{loss\_sum}_k}
+
+    For binary and multi-label losses the classes are the target columns (dim 1 of the target; a
+    plain binary target ``(N,)`` is one class), and every element counts for its column, positive
+    or negative. For :class:`~lossplug.losses.WeightedSum`, each term (with its weight applied) is
+    reported as well as the total; a term's shares are shares of that term's loss.
+
+    The model must use :class:`~lossplug.mixin.LossMixin` and compute its loss with
+    ``self.compute_loss(output, target)``; the callback reads what that call computed, summing it
+    on the device in float64 without a host-device synchronization per step, and sums the tables
+    of all processes at the end of the epoch. Samples that a ``DistributedSampler`` repeats to give
+    every process the same number of batches cannot be told apart from the others and are counted
+    again (at most ``processes - 1`` samples per epoch; none when the dataset size is divisible by
+    the number of processes).
+
+    Output, at the end of every epoch of each stage in ``stages``:
+
+    * ``per_class_loss.csv`` in the run's log directory, one row per class (every class) and term:
+      ``epoch, stage, term, class, count, loss_sum, loss_mean, share``. ``term`` is ``total``, or a
+      WeightedSum term's name; ``class`` is the class name when known, else its index;
+      ``loss_mean`` and ``share`` are ``nan`` where undefined (no samples, no loss). The epoch's
+      rows are on disk when the epoch ends; after a resume, the file goes on from the checkpoint's
+      epoch. When validation runs several times per epoch (``val_check_interval`` < 1), each run
+      writes its rows under the epoch's number.
+    * Scalars in every logger, once per epoch, for the ``top_k`` classes with the largest loss:
+      ``per_class/{stage}/share/{class}`` and ``per_class/{stage}/loss_mean/{class}``; for a
+      WeightedSum also ``per_class/{stage}/term_share/{term}``, the term's share of the total.
+    * A table of the ``top_k`` classes in the console (rank zero), when ``verbose``, at most every
+      ``print_interval_s`` seconds and for the run's last epoch.
+
+    Args:
+        top_k: How many classes (those with the largest loss) are logged and shown; the CSV keeps
+            every class.
+        stages: Stages to observe: ``"train"``, ``"validate"``, ``"test"``.
+        class_names: Names of the classes, in index order. ``None`` takes the ``class_names``
+            attribute of the data module, else of the model, where one has it; else indices.
+        log_scalars: Log the top-k scalars to the trainer's loggers.
+        dirpath: Directory of the CSV; ``None`` is the run's log directory (``trainer.log_dir``).
+        verbose: Print the table at the end of epochs.
+        print_interval_s: Print the tables of an epoch only when at least this many seconds have
+            passed since the last ones were printed (the run's last tables are printed when it
+            ends), so that fast epochs do not spend their time drawing tables nobody can read as
+            they scroll by; 0 prints every epoch.
+
+    Example:
+        >>> PerClassLossMonitor(top_k=5, stages=["train"])
+        PerClassLossMonitor(top_k=5, stages=['train'])
+    """
+
+    csv_name = "per_class_loss.csv"
+    csv_header = ("epoch", "stage", "term", "class", "count", "loss_sum", "loss_mean", "share")
+
+    def __init__(
+        self,
+        top_k: int = 10,
+        stages: Sequence[Stage] = ("train", "validate"),
+        class_names: Sequence[str] | None = None,
+        log_scalars: bool = True,
+        dirpath: str | None = None,
+        verbose: bool = True,
+        print_interval_s: float = 30.0,
+    ) -> None:
+        super().__init__(stages, dirpath, verbose)
+        self.top_k = check_positive_int("top_k", top_k)
+        self.print_interval_s = check_number("print_interval_s", print_interval_s, 0.0)
+        if class_names is not None and (isinstance(class_names, str) or not isinstance(class_names, Sequence)):
+            raise TypeError(
+                f"Expected argument `class_names` to be a list of names or None, but got {type(class_names).__name__}."
+            )
+        self.class_names = None if class_names is None else [str(name) for name in class_names]
+        self.log_scalars = bool(log_scalars)
+        self._names_cache: tuple[int, list[str]] | None = None
+        self._printed: tuple[int, float] | None = None  # (epoch, when) of the last tables printed
+        self._unprinted: dict[str, tuple[int, Table]] = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(top_k={self.top_k}, stages={list(self.stages)})"
+
+    def _table_shape(self, layout: Layout) -> tuple[int, int]:
+        return layout.num_classes, 2 + len(layout.terms)
+
+    def _increment(self, output: LossOutput, dtype: torch.dtype) -> tuple[Tensor | None, Tensor]:
+        return per_class_increment(output, dtype)
+
+    def _names(self, trainer: pl.Trainer, pl_module: pl.LightningModule, num_classes: int) -> list[str]:
+        if self._names_cache is None or self._names_cache[0] != num_classes:
+            self._names_cache = (num_classes, class_names_for(trainer, pl_module, self.class_names, num_classes))
+        return self._names_cache[1]
+
+    def _epoch_finished(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, epoch: int, layout: Layout, table: Tensor
+    ) -> list[Sequence[Any]]:
+        names = self._names(trainer, pl_module, layout.num_classes)
+        count = table[:, 0]
+        terms = {TOTAL: table[:, 1]} | {name: table[:, 2 + i] for i, name in enumerate(layout.terms)}
+        counts = count.long().tolist()
+        rows: list[Sequence[Any]] = []
+        for term, loss_sum in terms.items():
+            total = float(loss_sum.sum())
+            mean = torch.where(count > 0, loss_sum / count.clamp(min=1), math.nan)
+            shares = loss_sum / total if total != 0 else torch.full_like(loss_sum, math.nan)
+            rows += zip(
+                [epoch] * len(names),
+                [stage] * len(names),
+                [term] * len(names),
+                names,
+                counts,
+                loss_sum.tolist(),
+                mean.tolist(),
+                shares.tolist(),
+                strict=True,
+            )
+        k = min(self.top_k, layout.num_classes)
+        top = torch.topk(table[:, 1], k).indices.tolist()
+        if self.log_scalars and trainer.loggers:
+            self._log(trainer, stage, names, top, table, terms)
+        if self.verbose:
+            self._show(stage, epoch, self._table_of(stage, epoch, names, top, table, terms))
+        return rows
+
+    def _log(
+        self, trainer: pl.Trainer, stage: str, names: list[str], top: list[int], table: Tensor, terms: dict[str, Tensor]
+    ) -> None:
+        total = float(table[:, 1].sum())
+        metrics: dict[str, float] = {}
+        for index in top:
+            count, loss_sum = float(table[index, 0]), float(table[index, 1])
+            metrics[f"per_class/{stage}/share/{names[index]}"] = share(loss_sum, total)
+            metrics[f"per_class/{stage}/loss_mean/{names[index]}"] = share(loss_sum, count)
+        for term, term_sums in terms.items():
+            if term != TOTAL:
+                metrics[f"per_class/{stage}/term_share/{term}"] = share(float(term_sums.sum()), total)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    def _show(self, stage: str, epoch: int, grid: Table) -> None:
+        now = time.monotonic()
+        printed = self._printed
+        if printed is not None and printed[0] != epoch and now - printed[1] < self.print_interval_s:
+            self._unprinted[stage] = (epoch, grid)
+            return
+        if printed is None or printed[0] != epoch:
+            self._printed = (epoch, now)
+        self._unprinted.pop(stage, None)
+        console().print(grid)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        for _, grid in sorted(self._unprinted.values(), key=lambda item: item[0]):
+            console().print(grid)
+        self._unprinted.clear()
+
+    def _table_of(
+        self, stage: str, epoch: int, names: list[str], top: list[int], table: Tensor, terms: dict[str, Tensor]
+    ) -> Table:
+        total = float(table[:, 1].sum())
+        shown = share(float(table[top, 1].sum()), total)
+        title = f"Per-class loss · {stage} · epoch {epoch}"
+        if len(top) < len(names):
+            title += f" · top {len(top)} of {len(names)} classes, {shown:.1%} of the loss"
+        grid = Table(title=title, title_justify="left")
+        grid.add_column("#", justify="right", style="dim")
+        grid.add_column("class")
+        for heading in ("count", "loss sum", "mean loss", "share", "cum. share"):
+            grid.add_column(heading, justify="right")
+        term_names = [term for term in terms if term != TOTAL]
+        for term in term_names:
+            grid.add_column(f"{term} sum", justify="right")
+        cumulative = 0.0
+        for rank, index in enumerate(top, start=1):
+            count, loss_sum = float(table[index, 0]), float(table[index, 1])
+            cumulative += share(loss_sum, total)
+            cells = [
+                str(rank),
+                names[index],
+                f"{int(count):,}",
+                f"{loss_sum:.4g}",
+                f"{share(loss_sum, count):.4g}",
+                f"{share(loss_sum, total):.1%}",
+                f"{cumulative:.1%}",
+            ]
+            cells += [f"{float(terms[term][index]):.4g}" for term in term_names]
+            grid.add_row(*cells)
+        return grid

@@ -1,0 +1,154 @@
+"""Tiny models, data and trainers for the diagnostics callback tests (importable by ddp_spawn workers)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lossplug.mixin import LossLike, LossMixin
+
+
+class TableModel(LossMixin, L.LightningModule):
+    """Gives each sample fixed logits (and embeddings) looked up by its id: the losses are known exactly.
+
+    Nothing is learned (the step returns the loss detached, plus a zero times the one parameter), so
+    every epoch and every process layout sees the same per-sample losses, NaN ones included.
+    """
+
+    def __init__(
+        self,
+        loss: LossLike,
+        logits: Tensor,
+        embeddings: Tensor | None = None,
+        validation_loss: bool = True,
+        through_mixin: bool = True,
+    ) -> None:
+        super().__init__(loss=loss)
+        self.register_buffer("logits", logits.clone())
+        self.register_buffer("embeddings", None if embeddings is None else embeddings.clone())
+        self.zero = nn.Parameter(torch.zeros(()))
+        self.validation_loss = validation_loss
+        self.through_mixin = through_mixin
+
+    def forward(self, ids: Tensor) -> Tensor | dict[str, Tensor]:
+        logits = self.logits[ids]
+        if self.embeddings is None:
+            return logits
+        return {"logits": logits, "embeddings": self.embeddings[ids]}
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        ids, target = batch
+        loss = self.compute_loss(self(ids), target) if self.through_mixin else self.loss(self(ids), target)
+        return loss.detach() + 0 * self.zero
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        if self.validation_loss:
+            ids, target = batch
+            self.compute_loss(self(ids), target)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+class PlainModel(L.LightningModule):
+    """A LightningModule without the mixin."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(2, 3)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return nn.functional.cross_entropy(self.net(batch[0].float()[:, None].expand(-1, 2)), batch[1])
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.training_step(batch, batch_idx)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+class TableData(L.LightningDataModule):
+    """Sample ids with their targets, in order (no shuffling), for training and validation alike."""
+
+    def __init__(self, target: Tensor, batch_size: int = 4, class_names: Sequence[str] | None = None) -> None:
+        super().__init__()
+        self.target = target
+        self.batch_size = batch_size
+        if class_names is not None:
+            self.class_names = list(class_names)
+
+    def _loader(self) -> DataLoader:
+        ids = torch.arange(self.target.shape[0])
+        return DataLoader(TensorDataset(ids, self.target), batch_size=self.batch_size, shuffle=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader()
+
+
+class DigitsMLP(LossMixin, L.LightningModule):
+    """A small MLP on scikit-learn's 8x8 digits."""
+
+    def __init__(self, loss: LossLike, hidden: int = 32, lr: float = 0.05) -> None:
+        super().__init__(loss=loss)
+        self.net = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+        self.lr = lr
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        features, target = batch
+        return self.compute_loss(self.net(features), target)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+def digits_loader(batch_size: int = 128) -> DataLoader:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    features = torch.tensor(digits.data, dtype=torch.float32) / 16.0
+    target = torch.tensor(digits.target, dtype=torch.long)
+    return DataLoader(TensorDataset(features, target), batch_size=batch_size, shuffle=True)
+
+
+def make_trainer(
+    root: str | os.PathLike[str], callbacks: Sequence[Any], max_epochs: int = 2, **kwargs: Any
+) -> L.Trainer:
+    options: dict[str, Any] = {
+        "default_root_dir": root,
+        "max_epochs": max_epochs,
+        "logger": CSVLogger(root),
+        "callbacks": list(callbacks),
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "accelerator": "cpu",
+        "devices": 1,
+    }
+    options.update(kwargs)
+    return L.Trainer(**options)
+
+
+def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def rows_of(rows: list[dict[str, str]], **where: Any) -> list[dict[str, str]]:
+    return [row for row in rows if all(row[key] == str(value) for key, value in where.items())]

@@ -1,0 +1,119 @@
+"""The device-side sums, against loops written out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lossplug.callbacks._accumulate import HardnessBins, StatisticSums, per_class_increment
+from lossplug.losses import BinaryCrossEntropyLoss, CenterLoss, CrossEntropyLoss, WeightedSum
+from lossplug.output import LossOutput
+
+LOGITS = torch.tensor(
+    [[2.0, 0.0, -1.0], [0.5, 0.2, 0.1], [100.0, 0.0, 0.0], [-1.0, 3.0, 0.0], [0.0, 0.0, 0.0], [1.0, 2.0, 3.0]]
+)
+TARGET = torch.tensor([0, 0, 0, 1, -100, 2])
+
+
+def _table(rows: int, columns: int, index: torch.Tensor | None, values: torch.Tensor) -> torch.Tensor:
+    sums = StatisticSums((rows, columns), torch.device("cpu"))
+    sums.update(index, values)
+    return sums.reduced()
+
+
+def test_per_class_sums_match_a_loop() -> None:
+    out = CrossEntropyLoss(reduction="none").evaluate(LOGITS, TARGET)
+    table = _table(3, 2, *per_class_increment(out, torch.float64))
+    expected = torch.zeros(3, 2, dtype=torch.float64)
+    for loss, target in zip(out.per_sample.tolist(), TARGET.tolist(), strict=True):
+        if target != -100:
+            expected[target] += torch.tensor([1.0, loss], dtype=torch.float64)
+    assert table.dtype == torch.float64
+    assert torch.equal(table, expected)
+    assert table[:, 0].tolist() == [3.0, 1.0, 1.0]  # the ignored sample is not counted
+
+
+def test_per_class_weighted_sum_has_a_column_per_term() -> None:
+    loss = WeightedSum({"ce": CrossEntropyLoss(), "center": CenterLoss(3, 2)}, {"ce": 1.0, "center": 0.5})
+    target = torch.tensor([0, 2, 2, 1])
+    out = loss.evaluate_output({"logits": LOGITS[:4], "embeddings": torch.randn(4, 2)}, target)
+    table = _table(3, 4, *per_class_increment(out, torch.float64))
+    for column, term in ((2, "ce"), (3, "center")):
+        per_sample = out.terms[term].per_sample.double()
+        assert torch.allclose(table[:, column], torch.zeros(3, dtype=torch.float64).index_add_(0, target, per_sample))
+    assert torch.allclose(table[:, 1], table[:, 2] + table[:, 3])
+
+
+def test_per_class_binary_classes_are_the_target_columns() -> None:
+    logits = torch.tensor([[1.0, -2.0, 0.0], [0.0, 3.0, -1.0]])
+    target = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    out = BinaryCrossEntropyLoss(reduction="none").evaluate(logits, target)
+    table = _table(3, 2, *per_class_increment(out, torch.float64))
+    assert table[:, 0].tolist() == [2.0, 2.0, 2.0]
+    assert torch.equal(table[:, 1], out.per_sample.double().sum(dim=0))
+
+
+def test_per_class_plain_binary_target_is_one_class() -> None:
+    out = BinaryCrossEntropyLoss(reduction="none").evaluate(
+        torch.tensor([0.5, -1.0, 2.0]), torch.tensor([1.0, 0.0, 0.0])
+    )
+    table = _table(1, 2, *per_class_increment(out, torch.float64))
+    assert table.tolist() == [[3.0, out.per_sample.double().sum().item()]]
+
+
+def _output(
+    p_t: list[float], loss: list[float], valid: list[bool] | None = None, target: list[float] | None = None
+) -> LossOutput:
+    per_sample = torch.tensor(loss)
+    binary = target is not None
+    return LossOutput(
+        loss=per_sample.sum(),
+        per_sample=per_sample,
+        p_t=torch.tensor(p_t),
+        valid=torch.tensor(valid) if valid is not None else torch.ones(len(loss), dtype=torch.bool),
+        target=torch.tensor(target) if binary else torch.zeros(len(loss), dtype=torch.long),
+        task="binary" if binary else "multiclass",
+        num_classes=1,
+    )
+
+
+def _hardness(bins: HardnessBins, out: LossOutput) -> list[torch.Tensor]:
+    groups = bins.groups(out.task)
+    table = _table(len(groups) * bins.rows_per_group, 2, *bins.increment(out, out.p_t, torch.float64))
+    size = bins.rows_per_group
+    return [bins.split(table[number * size : (number + 1) * size]) for number in range(len(groups))]
+
+
+def test_hardness_bins_edges_last_bin_and_nan() -> None:
+    bins = HardnessBins(10, hard_threshold=0.5, easy_threshold=0.9)
+    p_t = [0.0, 0.05, 0.1, 0.5, 0.9, 0.95, 1.0, math.nan, 0.3]
+    loss = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]
+    valid = [True] * 8 + [False]
+    ((per_bin, nan, per_category),) = _hardness(bins, _output(p_t, loss, valid))
+    assert per_bin[:, 0].tolist() == [2, 1, 0, 0, 0, 1, 0, 0, 0, 3]  # p_t = 1 is in the last bin
+    assert per_bin[:, 1].tolist() == [3, 4, 0, 0, 0, 8, 0, 0, 0, 112]
+    assert nan.tolist() == [1, 128]
+    assert per_category.tolist() == [[3, 7], [1, 8], [3, 112]]  # hard, medium, easy
+    assert per_bin[:, 0].sum() + nan[0] == 8  # every non-ignored sample, the NaN one included
+
+
+@pytest.mark.parametrize(("hard", "easy"), [(0.33, 0.77), (0.0, 1.0), (0.25, 0.25)])
+def test_hardness_categories_at_thresholds_off_the_bin_edges(hard: float, easy: float) -> None:
+    bins = HardnessBins(4, hard_threshold=hard, easy_threshold=easy)
+    p_t = [0.0, 0.2, 0.25, 0.33, 0.5, 0.76, 0.77, 0.99, 1.0]
+    out = _output(p_t, [1.0] * len(p_t))
+    ((per_bin, _, per_category),) = _hardness(bins, out)
+    expected = [sum(p < hard for p in p_t), sum(hard <= p < easy for p in p_t), sum(p >= easy for p in p_t)]
+    assert per_category[:, 0].tolist() == expected
+    assert per_bin[:, 0].tolist() == [2, 2, 1, 4]
+
+
+def test_hardness_binary_groups() -> None:
+    bins = HardnessBins(2, hard_threshold=0.5, easy_threshold=0.9)
+    out = _output([0.2, 0.7, 1.0, 0.4], [1.0, 2.0, 3.0, 4.0], target=[1.0, 0.0, 1.0, 0.3])
+    (all_, positive, negative) = _hardness(bins, out)
+    assert all_[0].tolist() == [[2, 5], [2, 5]]
+    assert positive[0].tolist() == [[1, 1], [1, 3]]
+    assert negative[0].tolist() == [[1, 4], [1, 2]]
