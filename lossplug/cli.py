@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from jsonargparse import Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from rich.console import Console
 from rich.table import Table
@@ -108,11 +109,12 @@ class LossplugCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         _fill_loss_dimensions(config)
         _share_logger_version(config)
+        _honour_disabled_progress_bar(config)
 
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, MisconfigurationException) as error:
             # constructors validate their arguments: a bad value in the config is a user error, not a crash
             self.parser.error(str(error))
 
@@ -174,6 +176,18 @@ def _share_logger_version(config: Namespace) -> None:
             version = max(existing, default=-1) + 1
             for init_args in group:
                 init_args.version = version
+
+
+def _honour_disabled_progress_bar(config: Namespace) -> None:
+    """``--trainer.enable_progress_bar=false`` removes the default's rich progress bar instead of
+    failing on it (Lightning refuses a progress-bar callback on a trainer without one)."""
+    callbacks = config.trainer.get("callbacks")
+    if config.trainer.get("enable_progress_bar") is False and isinstance(callbacks, list):
+        config.trainer.callbacks = [
+            callback
+            for callback in callbacks
+            if not (isinstance(callback, Namespace) and str(callback.get("class_path", "")).endswith("ProgressBar"))
+        ]
 
 
 def print_summary(results: Mapping[str, float], class_names: list[str], log_dir: str | None, ckpt_path: str | None) -> None:

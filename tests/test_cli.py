@@ -129,12 +129,18 @@ def test_available_losses_are_the_public_losses() -> None:
     ]
 
 
-def test_fit_ends_with_a_test_summary(capsys: pytest.CaptureFixture[str]) -> None:
-    build_cli(["fit", *QUICK, *QUIET])
+def test_fit_ends_with_a_test_summary_and_writes_the_diagnostics(capsys: pytest.CaptureFixture[str]) -> None:
+    # the default callbacks stay on; disabling the progress bar drops the default's RichProgressBar
+    cli = build_cli(["fit", *QUICK, "--trainer.enable_progress_bar=false"])
+    for callback in cli.trainer.callbacks:
+        getattr(callback, "wait_for_plot", lambda: None)()
     out = " ".join(capsys.readouterr().out.split())
     assert "Test split, balanced" in out
     assert "accuracy" in out
     assert "macro-F1" in out
     assert "recall" in out
     assert "logs: lightning_logs/version_0" in out or "logs: ./lightning_logs/version_0" in out
-    assert (Path("lightning_logs") / "version_0" / "metrics.csv").exists()
+    run = Path("lightning_logs") / "version_0"
+    for name in ("metrics.csv", "per_class_loss.csv", "hardness_histogram.csv", "hardness_histogram.png"):
+        assert (run / name).exists(), name
+    assert "Hardness · train · epoch 0" in out
