@@ -15,6 +15,24 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lossplug.mixin import LossLike, LossMixin
 
+# eight samples of three classes for TableModel and TableData: p_t of sample 2 is exactly 1; sample 4 is ignored
+TABLE_LOGITS = torch.tensor(
+    [
+        [2.0, 0.0, -1.0],
+        [0.5, 0.2, 0.1],
+        [100.0, 0.0, 0.0],
+        [-1.0, 3.0, 0.0],
+        [0.0, 0.0, 0.0],
+        [1.0, 2.0, 3.0],
+        [0.3, -0.3, 0.0],
+        [0.0, 1.0, -2.0],
+    ]
+)
+TABLE_TARGET = torch.tensor([0, 0, 0, 1, -100, 2, 2, 1])
+# the same eight samples as multi-label targets (every third entry positive) and as 2-d embeddings
+TABLE_MULTI_LABEL_TARGET = (torch.arange(24).reshape(8, 3) % 3 == 0).float()
+TABLE_EMBEDDINGS = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+
 
 class TableModel(LossMixin, L.LightningModule):
     """Gives each sample fixed logits (and embeddings) looked up by its id: the losses are known exactly.

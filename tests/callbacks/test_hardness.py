@@ -7,27 +7,28 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-import torch
-from callback_helpers import DigitsMLP, TableData, TableModel, digits_loader, make_trainer, read_csv, rows_of
+from callback_helpers import (
+    TABLE_EMBEDDINGS,
+    TABLE_LOGITS,
+    TABLE_MULTI_LABEL_TARGET,
+    TABLE_TARGET,
+    DigitsMLP,
+    TableData,
+    TableModel,
+    digits_loader,
+    make_trainer,
+    read_csv,
+    rows_of,
+)
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from lossplug.callbacks import HardnessHistogram
 from lossplug.losses import BinaryFocalLoss, CenterLoss, CrossEntropyLoss, FocalLoss
 
 # p_t of sample 2 is exactly 1, of sample 7 NaN; sample 4 is ignored
-LOGITS = torch.tensor(
-    [
-        [2.0, 0.0, -1.0],
-        [0.5, 0.2, 0.1],
-        [100.0, 0.0, 0.0],
-        [-1.0, 3.0, 0.0],
-        [0.0, 0.0, 0.0],
-        [1.0, 2.0, 3.0],
-        [0.3, -0.3, 0.0],
-        [math.nan, 1.0, -2.0],
-    ]
-)
-TARGET = torch.tensor([0, 0, 0, 1, -100, 2, 2, 1])
+LOGITS = TABLE_LOGITS.clone()
+LOGITS[7, 0] = math.nan
+TARGET = TABLE_TARGET
 
 
 def test_csv_matches_a_hand_computation(tmp_path: Path) -> None:
@@ -86,7 +87,7 @@ def test_scalars_summary_line_and_png(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_binary_positives_and_negatives(tmp_path: Path) -> None:
-    target = (torch.arange(24).reshape(8, 3) % 3 == 0).float()
+    target = TABLE_MULTI_LABEL_TARGET
     histogram = HardnessHistogram(bins=5, stages=["train"], plot=False, verbose=False)
     make_trainer(tmp_path, [histogram], max_epochs=1, limit_val_batches=0).fit(
         TableModel(BinaryFocalLoss(), LOGITS.nan_to_num()), datamodule=TableData(target)
@@ -134,10 +135,9 @@ def test_focal_loss_moves_the_loss_off_the_easy_samples(tmp_path: Path) -> None:
 
 
 def test_center_loss_alone_has_no_p_t(tmp_path: Path) -> None:
-    embeddings = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
     trainer = make_trainer(tmp_path, [HardnessHistogram()], max_epochs=1, limit_val_batches=0)
     with pytest.raises(ValueError, match=r"bins samples by p_t, but the model's loss gives none.*WeightedSum"):
-        trainer.fit(TableModel(CenterLoss(3, 2), LOGITS, embeddings), datamodule=TableData(TARGET.clamp(min=0)))
+        trainer.fit(TableModel(CenterLoss(3, 2), LOGITS, TABLE_EMBEDDINGS), datamodule=TableData(TARGET.clamp(min=0)))
 
 
 @pytest.mark.parametrize(

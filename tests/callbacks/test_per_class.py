@@ -8,25 +8,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from callback_helpers import PlainModel, TableData, TableModel, make_trainer, read_csv, rows_of
+from callback_helpers import (
+    TABLE_EMBEDDINGS,
+    TABLE_LOGITS,
+    TABLE_MULTI_LABEL_TARGET,
+    TABLE_TARGET,
+    PlainModel,
+    TableData,
+    TableModel,
+    make_trainer,
+    read_csv,
+    rows_of,
+)
 from torch import nn
 
 from lossplug.callbacks import PerClassLossMonitor
 from lossplug.losses import BinaryCrossEntropyLoss, CenterLoss, CrossEntropyLoss, FocalLoss, WeightedSum
 
-LOGITS = torch.tensor(
-    [
-        [2.0, 0.0, -1.0],
-        [0.5, 0.2, 0.1],
-        [100.0, 0.0, 0.0],
-        [-1.0, 3.0, 0.0],
-        [0.0, 0.0, 0.0],
-        [1.0, 2.0, 3.0],
-        [0.3, -0.3, 0.0],
-        [0.0, 1.0, -2.0],
-    ]
-)
-TARGET = torch.tensor([0, 0, 0, 1, -100, 2, 2, 1])
+LOGITS = TABLE_LOGITS
+TARGET = TABLE_TARGET
 NAMES = ["cat", "dog", "eel"]
 
 
@@ -122,10 +122,9 @@ def test_validate_and_test_runs(tmp_path: Path) -> None:
 def test_weighted_sum_terms_and_total(tmp_path: Path) -> None:
     loss = WeightedSum({"ce": CrossEntropyLoss(), "center": CenterLoss(3, 2)}, {"ce": 1.0, "center": 0.1})
     target = TARGET.clamp(min=0)
-    embeddings = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
     monitor = PerClassLossMonitor(stages=["train"], verbose=False)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=1, limit_val_batches=0)
-    trainer.fit(TableModel(loss, LOGITS, embeddings), datamodule=TableData(target))
+    trainer.fit(TableModel(loss, LOGITS, TABLE_EMBEDDINGS), datamodule=TableData(target))
 
     rows = read_csv(monitor.csv_path)
     assert [row["term"] for row in rows] == ["total"] * 3 + ["ce"] * 3 + ["center"] * 3
@@ -143,7 +142,7 @@ def test_weighted_sum_terms_and_total(tmp_path: Path) -> None:
 
 
 def test_multi_label_classes_are_the_target_columns(tmp_path: Path) -> None:
-    target = (torch.arange(24).reshape(8, 3) % 3 == 0).float()
+    target = TABLE_MULTI_LABEL_TARGET
     monitor = PerClassLossMonitor(stages=["train"], verbose=False)
     make_trainer(tmp_path, [monitor], max_epochs=1, limit_val_batches=0).fit(
         TableModel(BinaryCrossEntropyLoss(), LOGITS), datamodule=TableData(target)

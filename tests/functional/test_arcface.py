@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 
 import pytest
@@ -13,19 +12,25 @@ from torch import Tensor
 from torch.autograd import gradcheck, gradgradcheck
 
 from lossplug.functional import arcface_logits, arcface_loss, arcface_loss_output
+from tests.helpers import (
+    HALF_DTYPES,
+    REDUCTIONS,
+    ErrorCases,
+    assert_close_with_grad,
+    assert_raises_message,
+    make_embedding_case,
+    parametrize_error_cases,
+    reduce,
+)
 
-REDUCTIONS = ["mean", "sum", "none"]
 MARGINS = [0.0, 0.2, 0.5, 1.0, 1.5]
 
 
 def make_case(
     n: int = 8, d: int = 5, c: int = 6, seed: int = 0, dtype: torch.dtype = torch.float64
 ) -> tuple[Tensor, Tensor, Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    embeddings = torch.randn(n, d, generator=generator, dtype=torch.float64).to(dtype)
-    weight = torch.randn(c, d, generator=generator, dtype=torch.float64).to(dtype)
-    target = torch.randint(0, c, (n,), generator=generator)
-    return embeddings, target, weight
+    """Embeddings, their targets and the ArcFace weight (of this file's default sizes)."""
+    return make_embedding_case(n, d, c, seed, dtype)
 
 
 def cosines(embeddings: Tensor, weight: Tensor) -> Tensor:
@@ -64,8 +69,7 @@ def arcface_reference(
 ) -> Tensor:
     logits = arcface_reference_logits(embeddings, target, weight, scale, margin, easy_margin)
     log_probs = logits - logits.logsumexp(dim=1, keepdim=True)
-    per_sample = -log_probs[torch.arange(len(target)), target]
-    return {"none": per_sample, "sum": per_sample.sum(), "mean": per_sample.mean()}[reduction]
+    return reduce(-log_probs[torch.arange(len(target)), target], reduction)
 
 
 # -- reference parity ----------------------------------------------------------------------------------
@@ -114,10 +118,7 @@ def test_margin_0_is_cross_entropy_over_scaled_cosines(scale: float, reduction: 
     embeddings.requires_grad_()
     expected = F.cross_entropy(scale * cosines(embeddings, weight), target, reduction=reduction)
     got = arcface_loss(embeddings, target, weight, scale=scale, margin=0.0, reduction=reduction)
-    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
-    (expected_grad,) = torch.autograd.grad(expected.sum(), embeddings)
-    (got_grad,) = torch.autograd.grad(got.sum(), embeddings)
-    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-10, atol=1e-12)
+    assert_close_with_grad(got, expected, embeddings, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("easy_margin", [False, True], ids=["hard_margin", "easy_margin"])
@@ -215,7 +216,7 @@ def test_gradcheck_embeddings_and_weight(margin: float, easy_margin: bool) -> No
 # -- numerics -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("dtype", HALF_DTYPES.values(), ids=HALF_DTYPES.keys())
 def test_half_precision_embeddings_match_float32(dtype: torch.dtype) -> None:
     embeddings, target, weight = make_case(dtype=torch.float32)
     low = embeddings.to(dtype).requires_grad_()
@@ -249,7 +250,7 @@ def test_nan_input_propagates() -> None:
 
 E, T, W = make_case(n=4, d=3, c=5, dtype=torch.float32)
 
-ERROR_CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
+ERROR_CASES: ErrorCases = {
     "margin_negative": (
         lambda: arcface_loss(E, T, W, margin=-0.1),
         ValueError,
@@ -311,7 +312,6 @@ ERROR_CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
 }
 
 
-@pytest.mark.parametrize(("call", "error", "message"), ERROR_CASES.values(), ids=ERROR_CASES.keys())
+@parametrize_error_cases(ERROR_CASES)
 def test_bad_input_raises(call: Callable[[], object], error: type[Exception], message: str) -> None:
-    with pytest.raises(error, match=re.escape(message)):
-        call()
+    assert_raises_message(call, error, message)

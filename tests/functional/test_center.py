@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import pytest
@@ -11,18 +10,22 @@ from torch import Tensor
 from torch.autograd import gradcheck, gradgradcheck
 
 from lossplug.functional import center_loss, center_loss_output, update_centers_
-
-REDUCTIONS = ["mean", "sum", "none"]
+from tests.helpers import (
+    HALF_DTYPES,
+    REDUCTIONS,
+    ErrorCases,
+    assert_raises_message,
+    make_embedding_case,
+    parametrize_error_cases,
+    reduce,
+)
 
 
 def make_case(
     n: int = 10, d: int = 4, c: int = 5, seed: int = 0, dtype: torch.dtype = torch.float64
 ) -> tuple[Tensor, Tensor, Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    features = torch.randn(n, d, generator=generator, dtype=torch.float64).to(dtype)
-    centers = torch.randn(c, d, generator=generator, dtype=torch.float64).to(dtype)
-    target = torch.randint(0, c, (n,), generator=generator)
-    return features, target, centers
+    """Features, their targets and the centers (of this file's default sizes)."""
+    return make_embedding_case(n, d, c, seed, dtype)
 
 
 def center_reference_matrix(features: Tensor, target: Tensor, centers: Tensor) -> Tensor:
@@ -55,7 +58,7 @@ def test_center_loss_matches_references(n: int, d: int, c: int, reduction: str) 
     features, target, centers = make_case(n, d, c)
     per_sample = center_reference_matrix(features, target, centers)
     torch.testing.assert_close(per_sample, center_reference_loop(features, target, centers))
-    expected = {"none": per_sample, "sum": per_sample.sum(), "mean": per_sample.mean()}[reduction]
+    expected = reduce(per_sample, reduction)
     got = center_loss(features, target, centers, reduction=reduction)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
@@ -163,7 +166,7 @@ def test_update_centers_empty_batch_changes_nothing() -> None:
 # -- numerics -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("dtype", HALF_DTYPES.values(), ids=HALF_DTYPES.keys())
 def test_half_precision_features_are_computed_in_float32(dtype: torch.dtype) -> None:
     features, target, centers = make_case(dtype=torch.float32)
     low = features.to(dtype)
@@ -199,7 +202,7 @@ def test_nan_input_propagates() -> None:
 
 X, Y, C = make_case(n=4, d=3, c=5, dtype=torch.float32)
 
-ERROR_CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
+ERROR_CASES: ErrorCases = {
     "feature_dim_mismatch": (
         lambda: center_loss(torch.zeros(4, 2), Y, C),
         ValueError,
@@ -244,7 +247,6 @@ ERROR_CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
 }
 
 
-@pytest.mark.parametrize(("call", "error", "message"), ERROR_CASES.values(), ids=ERROR_CASES.keys())
+@parametrize_error_cases(ERROR_CASES)
 def test_bad_input_raises(call: Callable[[], object], error: type[Exception], message: str) -> None:
-    with pytest.raises(error, match=re.escape(message)):
-        call()
+    assert_raises_message(call, error, message)

@@ -19,30 +19,22 @@ from lossplug.functional import (
     cross_entropy,
     cross_entropy_output,
 )
+from tests.helpers import (
+    HALF_DTYPES,
+    REDUCTIONS,
+    ErrorCases,
+    assert_close_with_grad,
+    assert_raises_message,
+    ignore_kwargs,
+    make_logits,
+    make_target,
+    parametrize_error_cases,
+)
 
 SHAPES = {"2d": (6, 4), "4d": (2, 3, 3, 2)}
-REDUCTIONS = ["mean", "sum", "none"]
 # ignore_index cases: no target ignored, the default -100, and an in-range class used as ignore_index
 IGNORE = {"no_ignore": None, "ignore_-100": -100, "ignore_class_1": 1}
 BINARY_SHAPES = {"1d": (7,), "2d": (5, 3), "4d": (2, 3, 2, 2)}
-
-
-def make_logits(shape: tuple[int, ...], seed: int = 0, dtype: torch.dtype = torch.float64) -> Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return (3 * torch.randn(shape, generator=generator, dtype=torch.float64)).to(dtype)
-
-
-def make_target(shape: tuple[int, ...], ignore_index: int | None = None, seed: int = 1) -> Tensor:
-    """Class indices for logits of ``shape``; with ``ignore_index``, about a third of them set to it."""
-    generator = torch.Generator().manual_seed(seed)
-    target_shape = (shape[0], *shape[2:])
-    target = torch.randint(0, shape[1], target_shape, generator=generator)
-    if ignore_index is not None:
-        mask = torch.rand(target_shape, generator=generator) < 0.35
-        mask.view(-1)[0] = True  # at least one ignored
-        mask.view(-1)[-1] = False  # at least one counted
-        target = torch.where(mask, torch.full_like(target, ignore_index), target)
-    return target
 
 
 def make_soft_target(shape: tuple[int, ...], seed: int = 2) -> Tensor:
@@ -52,10 +44,6 @@ def make_soft_target(shape: tuple[int, ...], seed: int = 2) -> Tensor:
 
 def make_weight(num_classes: int) -> Tensor:
     return torch.linspace(0.2, 2.0, num_classes, dtype=torch.float64)
-
-
-def torch_ignore_kwargs(ignore_index: int | None) -> dict[str, int]:
-    return {} if ignore_index is None else {"ignore_index": ignore_index}
 
 
 # -- cross-entropy parity ------------------------------------------------------------------------------
@@ -72,15 +60,12 @@ def test_cross_entropy_matches_torch(
     logits = make_logits(shape).requires_grad_()
     target = make_target(shape, ignore_index)
     weight = make_weight(shape[1]) if weighted else None
-    kwargs = torch_ignore_kwargs(ignore_index)
+    kwargs = ignore_kwargs(ignore_index)
     expected = F.cross_entropy(
         logits, target, weight=weight, label_smoothing=label_smoothing, reduction=reduction, **kwargs
     )
     got = cross_entropy(logits, target, weight=weight, label_smoothing=label_smoothing, reduction=reduction, **kwargs)
-    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
-    (expected_grad,) = torch.autograd.grad(expected.sum(), logits)
-    (got_grad,) = torch.autograd.grad(got.sum(), logits)
-    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-10, atol=1e-12)
+    assert_close_with_grad(got, expected, logits, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1], ids=["no_smoothing", "smoothing_0.1"])
@@ -95,10 +80,7 @@ def test_cross_entropy_probability_targets_match_torch(
     weight = make_weight(shape[1]) if weighted else None
     expected = F.cross_entropy(logits, target, weight=weight, label_smoothing=label_smoothing, reduction=reduction)
     got = cross_entropy(logits, target, weight=weight, label_smoothing=label_smoothing, reduction=reduction)
-    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
-    (expected_grad,) = torch.autograd.grad(expected.sum(), logits)
-    (got_grad,) = torch.autograd.grad(got.sum(), logits)
-    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-10, atol=1e-12)
+    assert_close_with_grad(got, expected, logits, rtol=1e-10, atol=1e-12)
 
 
 def test_cross_entropy_probability_targets_output_fields() -> None:
@@ -116,7 +98,7 @@ def test_cross_entropy_probability_targets_output_fields() -> None:
 def test_cross_entropy_output_fields(shape: tuple[int, ...], ignore_index: int | None) -> None:
     logits = make_logits(shape).requires_grad_()
     target = make_target(shape, ignore_index)
-    kwargs = torch_ignore_kwargs(ignore_index)
+    kwargs = ignore_kwargs(ignore_index)
     out = cross_entropy_output(logits, target, reduction="mean", **kwargs)
     expected_none = F.cross_entropy(logits, target, reduction="none", **kwargs)
     valid = target != ignore_index if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
@@ -193,16 +175,13 @@ def test_balanced_cross_entropy_matches_weighted_torch(
     logits = make_logits(shape, dtype=torch.float32).requires_grad_()
     target = make_target(shape, ignore_index)
     alpha = torch.linspace(0.1, 0.9, shape[1])
-    kwargs = torch_ignore_kwargs(ignore_index)
+    kwargs = ignore_kwargs(ignore_index)
     expected = F.cross_entropy(logits, target, weight=alpha, reduction=reduction, **kwargs)
     out = balanced_cross_entropy_output(logits, target, alpha=alpha.tolist(), reduction=reduction, **kwargs)
-    torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-6)
+    assert_close_with_grad(out.loss, expected, logits, rtol=1e-5, atol=1e-6)
     # the alpha-weighted loss of each sample: -alpha[y] log p_t
     expected_none = F.cross_entropy(logits, target, weight=alpha, reduction="none", **kwargs)
     torch.testing.assert_close(out.per_sample, expected_none, rtol=1e-5, atol=1e-6)
-    (expected_grad,) = torch.autograd.grad(expected.sum(), logits)
-    (got_grad,) = torch.autograd.grad(out.loss.sum(), logits)
-    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-5, atol=1e-6)
 
 
 def test_balanced_cross_entropy_accepts_tensor_alpha() -> None:
@@ -233,11 +212,8 @@ def test_binary_cross_entropy_matches_torch(shape: tuple[int, ...], soft: bool, 
     for reduction in REDUCTIONS:
         expected = F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight, reduction=reduction)
         out = binary_cross_entropy_output(logits, target, pos_weight=weight, reduction=reduction)
-        torch.testing.assert_close(out.loss, expected, rtol=1e-10, atol=1e-12, msg=lambda m, r=reduction: f"{r}: {m}")
-        (expected_grad,) = torch.autograd.grad(expected.sum(), logits)
-        (got_grad,) = torch.autograd.grad(out.loss.sum(), logits)
-        torch.testing.assert_close(
-            got_grad, expected_grad, rtol=1e-10, atol=1e-12, msg=lambda m, r=reduction: f"{r}: {m}"
+        assert_close_with_grad(
+            out.loss, expected, logits, rtol=1e-10, atol=1e-12, msg=lambda m, r=reduction: f"{r}: {m}"
         )
     # element-wise fields
     probability = torch.sigmoid(logits.detach())
@@ -286,8 +262,6 @@ def test_binary_cross_entropy_logits_1e4_are_finite() -> None:
     assert logits.grad is not None
     torch.testing.assert_close(logits.grad, torch.tensor([1.0, -1.0, 0.0, 0.0]))
 
-
-HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 LOW_PRECISION_CASES: dict[str, Callable[[Tensor], Tensor]] = {
     "cross_entropy": lambda x: cross_entropy(x, torch.tensor([0, 2, 1, 3, 3, 0]), weight=torch.tensor([1.0, 2, 3, 4])),
@@ -377,7 +351,7 @@ def test_gradcheck_4d() -> None:
 X = torch.zeros(4, 3)
 Y = torch.tensor([0, 1, 2, 0])
 
-ERROR_CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
+ERROR_CASES: ErrorCases = {
     "ce_batch_mismatch": (lambda: cross_entropy(X, torch.tensor([0, 1, 2])), ValueError, "`target` of shape (4,)"),
     "ce_spatial_mismatch": (
         lambda: cross_entropy(torch.zeros(2, 3, 4, 4), torch.zeros(2, 4, 5, dtype=torch.long)),
@@ -484,10 +458,9 @@ ERROR_CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
 }
 
 
-@pytest.mark.parametrize(("call", "error", "message"), ERROR_CASES.values(), ids=ERROR_CASES.keys())
+@parametrize_error_cases(ERROR_CASES)
 def test_bad_input_raises(call: Callable[[], object], error: type[Exception], message: str) -> None:
-    with pytest.raises(error, match=re.escape(message)):
-        call()
+    assert_raises_message(call, error, message)
 
 
 def test_ignore_index_is_not_a_range_error() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 
 import pytest
@@ -13,32 +12,24 @@ from torch import Tensor
 from torch.autograd import gradcheck, gradgradcheck
 
 from lossplug.functional import binary_focal_loss, binary_focal_loss_output, focal_loss, focal_loss_output
+from tests.helpers import (
+    HALF_DTYPES,
+    REDUCTIONS,
+    ErrorCases,
+    assert_close_with_grad,
+    assert_raises_message,
+    ignore_kwargs,
+    make_logits,
+    make_target,
+    parametrize_error_cases,
+    reduce,
+)
 
 SHAPES = {"2d": (8, 4), "4d": (2, 3, 3, 2)}
-REDUCTIONS = ["mean", "sum", "none"]
 IGNORE = {"no_ignore": None, "ignore_-100": -100, "ignore_class_1": 1}
 GAMMAS = [0.0, 0.25, 0.5, 1.0, 2.0, 5.0]
 REGIMES = {"tiny": 1e-3, "unit": 1.0, "large": 10.0, "saturated": 30.0}
 EPS64 = torch.finfo(torch.float64).eps
-
-
-def make_logits(
-    shape: tuple[int, ...], seed: int = 0, scale: float = 3.0, dtype: torch.dtype = torch.float64
-) -> Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return (scale * torch.randn(shape, generator=generator, dtype=torch.float64)).to(dtype)
-
-
-def make_target(shape: tuple[int, ...], ignore_index: int | None = None, seed: int = 1) -> Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    target_shape = (shape[0], *shape[2:])
-    target = torch.randint(0, shape[1], target_shape, generator=generator)
-    if ignore_index is not None:
-        mask = torch.rand(target_shape, generator=generator) < 0.35
-        mask.view(-1)[0] = True
-        mask.view(-1)[-1] = False
-        target = torch.where(mask, torch.full_like(target, ignore_index), target)
-    return target
 
 
 def make_alpha(num_classes: int) -> list[float]:
@@ -86,10 +77,6 @@ def binary_focal_reference(logits: Tensor, target: Tensor, gamma: float, alpha: 
     return alpha_t * one_minus**gamma * bce
 
 
-def reduce(per_sample: Tensor, reduction: str) -> Tensor:
-    return {"none": per_sample, "sum": per_sample.sum(), "mean": per_sample.mean()}[reduction]
-
-
 # -- softmax focal: identities and reference ---------------------------------------------------------------
 
 
@@ -103,14 +90,11 @@ def test_gamma_0_equals_weighted_cross_entropy(
     logits = make_logits(shape).requires_grad_()
     target = make_target(shape, ignore_index)
     alpha = make_alpha(shape[1]) if with_alpha else None
-    kwargs = {} if ignore_index is None else {"ignore_index": ignore_index}
+    kwargs = ignore_kwargs(ignore_index)
     weight = None if alpha is None else torch.tensor(alpha, dtype=torch.float64)
     expected = F.cross_entropy(logits, target, weight=weight, reduction=reduction, **kwargs)
     got = focal_loss(logits, target, gamma=0.0, alpha=alpha, reduction=reduction, **kwargs)
-    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
-    (expected_grad,) = torch.autograd.grad(expected.sum(), logits)
-    (got_grad,) = torch.autograd.grad(got.sum(), logits)
-    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-10, atol=1e-12)
+    assert_close_with_grad(got, expected, logits, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("ignore_index", IGNORE.values(), ids=IGNORE.keys())
@@ -123,7 +107,7 @@ def test_focal_matches_float64_reference(
     logits = make_logits(shape)
     target = make_target(shape, ignore_index)
     alpha = make_alpha(shape[1]) if with_alpha else None
-    kwargs = {} if ignore_index is None else {"ignore_index": ignore_index}
+    kwargs = ignore_kwargs(ignore_index)
     for reduction in REDUCTIONS:
         expected = focal_reference(logits, target, gamma, alpha, ignore_index, reduction)
         got = focal_loss(logits, target, gamma=gamma, alpha=alpha, reduction=reduction, **kwargs)
@@ -205,10 +189,7 @@ def test_binary_gamma_0_no_alpha_equals_bce_with_logits(shape: tuple[int, ...], 
     target = target if soft else (target > 0.5).double()
     expected = F.binary_cross_entropy_with_logits(logits, target, reduction=reduction)
     got = binary_focal_loss(logits, target, gamma=0.0, alpha=None, reduction=reduction)
-    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
-    (expected_grad,) = torch.autograd.grad(expected.sum(), logits)
-    (got_grad,) = torch.autograd.grad(got.sum(), logits)
-    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-10, atol=1e-12)
+    assert_close_with_grad(got, expected, logits, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("soft", [False, True], ids=["hard_targets", "soft_targets"])
@@ -431,7 +412,6 @@ def test_binary_focal_logits_1e4_are_finite(gamma: float) -> None:
     assert bool(torch.isfinite(logits.grad).all())
 
 
-HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 TARGET = torch.tensor([0, 2, 1, 3, 3, 0])
 LOW_PRECISION_CASES: dict[str, Callable[[Tensor], Tensor]] = {
     "focal": lambda x: focal_loss(x, TARGET, gamma=2.0, alpha=[0.25, 0.5, 0.75, 1.0]),
@@ -523,7 +503,7 @@ X = torch.zeros(4, 3)
 Y = torch.tensor([0, 1, 2, 0])
 B = torch.zeros(4, 3)
 
-ERROR_CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
+ERROR_CASES: ErrorCases = {
     "gamma_negative": (lambda: focal_loss(X, Y, gamma=-0.5), ValueError, "`gamma` to be a number >= 0, but got -0.5"),
     "gamma_nan": (lambda: focal_loss(X, Y, gamma=float("nan")), ValueError, "`gamma` to be a number >= 0"),
     "gamma_not_a_number": (lambda: focal_loss(X, Y, gamma="2"), TypeError, "`gamma` to be a number"),  # type: ignore[arg-type]
@@ -638,7 +618,6 @@ ERROR_CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
 }
 
 
-@pytest.mark.parametrize(("call", "error", "message"), ERROR_CASES.values(), ids=ERROR_CASES.keys())
+@parametrize_error_cases(ERROR_CASES)
 def test_bad_input_raises(call: Callable[[], object], error: type[Exception], message: str) -> None:
-    with pytest.raises(error, match=re.escape(message)):
-        call()
+    assert_raises_message(call, error, message)

@@ -9,18 +9,17 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
 from lossplug.functional import arcface_loss_output
 from lossplug.losses import ArcFaceLoss
-
-
-def make_embeddings(n: int = 8, d: int = 4, seed: int = 0) -> Tensor:
-    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
-
-
-def make_target(n: int = 8, c: int = 5, seed: int = 1) -> Tensor:
-    return torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(seed))
+from tests.helpers import (
+    ErrorCases,
+    assert_compiled_matches_eager,
+    assert_raises_message,
+    make_class_indices,
+    make_embeddings,
+    parametrize_error_cases,
+)
 
 
 def test_weight_is_a_learnable_parameter() -> None:
@@ -37,7 +36,7 @@ def test_weight_is_a_learnable_parameter() -> None:
 @pytest.mark.parametrize("easy_margin", [False, True], ids=["hard_margin", "easy_margin"])
 def test_module_equals_function(easy_margin: bool, reduction: str) -> None:
     loss = ArcFaceLoss(5, 4, scale=16.0, margin=0.4, easy_margin=easy_margin, reduction=reduction)  # type: ignore[arg-type]
-    x, y = make_embeddings(), make_target()
+    x, y = make_embeddings(8, 4), make_class_indices(8, 5)
     out = loss.evaluate(x, y)
     expected = arcface_loss_output(x, y, loss.weight, 16.0, 0.4, easy_margin, reduction)  # type: ignore[arg-type]
     torch.testing.assert_close(out.loss, expected.loss)
@@ -47,7 +46,7 @@ def test_module_equals_function(easy_margin: bool, reduction: str) -> None:
 
 def test_margin_0_module_is_cross_entropy_over_scaled_cosines() -> None:
     loss = ArcFaceLoss(5, 4, scale=30.0, margin=0.0)
-    x, y = make_embeddings(), make_target()
+    x, y = make_embeddings(8, 4), make_class_indices(8, 5)
     cosine = F.normalize(x, dim=1) @ F.normalize(loss.weight, dim=1).T
     torch.testing.assert_close(loss(x, y), F.cross_entropy(30.0 * cosine, y))
 
@@ -55,7 +54,7 @@ def test_margin_0_module_is_cross_entropy_over_scaled_cosines() -> None:
 def test_gradient_steps_train_the_weight() -> None:
     torch.manual_seed(0)
     loss = ArcFaceLoss(5, 4, scale=8.0, margin=0.3)
-    x, y = make_embeddings(), make_target()
+    x, y = make_embeddings(8, 4), make_class_indices(8, 5)
     before = loss(x, y).item()
     weight_before = loss.weight.detach().clone()
     for _ in range(5):  # plain SGD on what loss.parameters() hands to an optimizer
@@ -83,7 +82,7 @@ def test_embeddings_on_their_class_weight_give_finite_gradients(margin: float) -
 
 def test_evaluate_output_routes_embeddings() -> None:
     loss = ArcFaceLoss(5, 4)
-    x, y = make_embeddings(), make_target()
+    x, y = make_embeddings(8, 4), make_class_indices(8, 5)
     routed = loss.evaluate_output({"logits": torch.zeros(8, 5), "embeddings": x}, y)
     torch.testing.assert_close(routed.loss, loss(x, y))
     with pytest.raises(
@@ -92,7 +91,7 @@ def test_evaluate_output_routes_embeddings() -> None:
         loss.evaluate_output({"logits": torch.zeros(8, 5)}, y)
 
 
-CONSTRUCTION_ERRORS: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
+CONSTRUCTION_ERRORS: ErrorCases = {
     "num_classes_missing": (lambda: ArcFaceLoss(), ValueError, "`num_classes` to be an integer >= 2, but got None"),
     "embedding_dim_missing": (
         lambda: ArcFaceLoss(3),
@@ -122,52 +121,50 @@ CONSTRUCTION_ERRORS: dict[str, tuple[Callable[[], object], type[Exception], str]
 }
 
 
-@pytest.mark.parametrize(("call", "error", "message"), CONSTRUCTION_ERRORS.values(), ids=CONSTRUCTION_ERRORS.keys())
+@parametrize_error_cases(CONSTRUCTION_ERRORS)
 def test_construction_errors_are_raised_at_construction(
     call: Callable[[], object], error: type[Exception], message: str
 ) -> None:
-    with pytest.raises(error, match=re.escape(message)):
-        call()
+    assert_raises_message(call, error, message)
 
 
-CALL_ERRORS: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
+CALL_ERRORS: ErrorCases = {
     "embedding_dim_mismatch": (
-        lambda: ArcFaceLoss(5, 4)(torch.zeros(8, 6), make_target()),
+        lambda: ArcFaceLoss(5, 4)(torch.zeros(8, 6), make_class_indices(8, 5)),
         ValueError,
         "`embeddings` of shape (N, 4), but got shape (8, 6)",
     ),
     "batch_mismatch": (
-        lambda: ArcFaceLoss(5, 4)(make_embeddings(), make_target(n=3)),
+        lambda: ArcFaceLoss(5, 4)(make_embeddings(8, 4), make_class_indices(3, 5)),
         ValueError,
         "`target` of shape (8,) to match `embeddings` of shape (8, 4), but got shape (3,)",
     ),
     "out_of_range": (
-        lambda: ArcFaceLoss(5, 4)(make_embeddings(2), torch.tensor([0, 5])),
+        lambda: ArcFaceLoss(5, 4)(make_embeddings(2, 4), torch.tensor([0, 5])),
         ValueError,
         "class index to be in [0, 4], but got 5",
     ),
     "negative": (
-        lambda: ArcFaceLoss(5, 4)(make_embeddings(2), torch.tensor([-100, 1])),
+        lambda: ArcFaceLoss(5, 4)(make_embeddings(2, 4), torch.tensor([-100, 1])),
         ValueError,
         "class index to be in [0, 4], but got -100",
     ),
     "float_target": (
-        lambda: ArcFaceLoss(5, 4)(make_embeddings(2), torch.tensor([0.0, 1.0])),
+        lambda: ArcFaceLoss(5, 4)(make_embeddings(2, 4), torch.tensor([0.0, 1.0])),
         TypeError,
         "`target` to hold integer class indices",
     ),
 }
 
 
-@pytest.mark.parametrize(("call", "error", "message"), CALL_ERRORS.values(), ids=CALL_ERRORS.keys())
+@parametrize_error_cases(CALL_ERRORS)
 def test_bad_input_raises(call: Callable[[], object], error: type[Exception], message: str) -> None:
-    with pytest.raises(error, match=re.escape(message)):
-        call()
+    assert_raises_message(call, error, message)
 
 
 def test_cosine_logits_are_scaled_cosines_without_margin() -> None:
     loss = ArcFaceLoss(5, 4, scale=10.0, margin=0.5)
-    x = make_embeddings()
+    x = make_embeddings(8, 4)
     expected = 10.0 * F.normalize(x, dim=1) @ F.normalize(loss.weight, dim=1).T
     torch.testing.assert_close(loss.cosine_logits(x), expected)
 
@@ -175,17 +172,5 @@ def test_cosine_logits_are_scaled_cosines_without_margin() -> None:
 @pytest.mark.parametrize("easy_margin", [False, True], ids=["hard_margin", "easy_margin"])
 def test_torch_compile_fullgraph_matches_eager(easy_margin: bool) -> None:
     # the compiled path of arcface_logits differs from the eager one: both must give the same values
-    torch._dynamo.reset()
     loss = ArcFaceLoss(5, 4, scale=16.0, margin=0.5, easy_margin=easy_margin)
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    y = make_target()
-    x = make_embeddings().requires_grad_()
-    value = compiled(x, y)
-    value.backward()
-    x_eager = make_embeddings().requires_grad_()
-    expected = loss(x_eager, y)
-    expected.backward()
-    torch.testing.assert_close(value, expected)
-    assert x.grad is not None
-    assert x_eager.grad is not None
-    torch.testing.assert_close(x.grad, x_eager.grad)
+    assert_compiled_matches_eager(loss, lambda: make_embeddings(8, 4), make_class_indices(8, 5))

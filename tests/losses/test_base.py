@@ -3,7 +3,6 @@ empty batches, NaN propagation, gradcheck through the module and its parameters,
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from lossplug.losses import (
     WeightedSum,
     select_input,
 )
+from tests.helpers import save_and_load
 
 
 def _generator(seed: int = 0) -> torch.Generator:
@@ -168,10 +168,7 @@ def test_init_args_record_defaults_and_given_values() -> None:
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_state_dict_survives_torch_save_and_load(case: Case) -> None:
     loss = build(case)
-    buffer = io.BytesIO()
-    torch.save(loss.state_dict(), buffer)
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
+    state = save_and_load(loss.state_dict())
     assert state.keys() == loss.state_dict().keys()
     torch.manual_seed(123)  # a different random init, overwritten by the load
     fresh = type(loss)(**loss.init_args)
@@ -322,12 +319,10 @@ def test_strategy_is_resolved_by_set_class_counts(make: Callable[[object], BaseL
 def test_resolved_state_loads_into_a_fresh_unresolved_loss(make: Callable[[object], BaseLoss]) -> None:
     trained = make("inverse_frequency")
     trained.set_class_counts(COUNTS)
-    buffer = io.BytesIO()
-    torch.save(trained.state_dict(), buffer)
-    buffer.seek(0)
+    state = save_and_load(trained.state_dict())
     fresh = make("inverse_frequency")
     assert "alpha" not in fresh.state_dict()
-    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    fresh.load_state_dict(state)
     assert not fresh.needs_class_counts
     assert fresh.alpha is not None
     torch.testing.assert_close(fresh.alpha, trained.alpha)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import pytest
@@ -11,14 +10,14 @@ from torch import Tensor
 
 from lossplug.functional import center_loss_output
 from lossplug.losses import CenterLoss
-
-
-def make_features(n: int = 12, d: int = 3, seed: int = 0) -> Tensor:
-    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
-
-
-def make_target(n: int = 12, c: int = 4, seed: int = 1) -> Tensor:
-    return torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(seed))
+from tests.helpers import (
+    ErrorCases,
+    assert_compiled_matches_eager,
+    assert_raises_message,
+    make_class_indices,
+    make_embeddings,
+    parametrize_error_cases,
+)
 
 
 def update_reference(centers: Tensor, features: Tensor, target: Tensor, center_lr: float) -> Tensor:
@@ -39,8 +38,8 @@ def test_optimizer_centers_are_a_parameter_with_the_right_gradient() -> None:
     assert isinstance(loss.centers, torch.nn.Parameter)
     assert loss.centers.shape == (4, 3)
     assert loss.input_kind == "embeddings"
-    x = make_features().requires_grad_()
-    y = make_target()
+    x = make_embeddings(12, 3).requires_grad_()
+    y = make_class_indices(12, 4)
     loss(x, y).backward()
     assert loss.centers.grad is not None
     # d/dc_j of mean_i 1/2 |x_i - c_{y_i}|^2 = sum_{i: y_i = j} (c_j - x_i) / N
@@ -54,7 +53,7 @@ def test_optimizer_centers_are_a_parameter_with_the_right_gradient() -> None:
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_module_equals_function(update: str, reduction: str) -> None:
     loss = CenterLoss(4, 3, update=update, reduction=reduction).eval()  # type: ignore[arg-type]
-    x, y = make_features(), make_target()
+    x, y = make_embeddings(12, 3), make_class_indices(12, 4)
     out = loss.evaluate(x, y)
     expected = center_loss_output(x, y, loss.centers, reduction)  # type: ignore[arg-type]
     torch.testing.assert_close(out.loss, expected.loss)
@@ -65,21 +64,21 @@ def test_module_equals_function(update: str, reduction: str) -> None:
 @pytest.mark.parametrize("update", ["optimizer", "moving_average"])
 def test_never_negative(update: str) -> None:
     loss = CenterLoss(4, 3, update=update, reduction="none").eval()  # type: ignore[arg-type]
-    y = make_target()
+    y = make_class_indices(12, 4)
     x = loss.centers.detach()[y].clone()  # the first half exactly on their centers
-    x[6:] += make_features()[6:]
+    x[6:] += make_embeddings(12, 3)[6:]
     per_sample = loss(x, y)
     assert bool((per_sample >= 0).all())
     assert bool((per_sample[:6] == 0).all())
     loss.train()
     for _ in range(3):
-        assert bool((loss(make_features(), y) >= 0).all())
+        assert bool((loss(make_embeddings(12, 3), y) >= 0).all())
 
 
 @pytest.mark.parametrize("center_lr", [0.1, 0.5, 1.0])
 def test_moving_average_update_in_training_mode_matches_formula(center_lr: float) -> None:
     loss = CenterLoss(4, 3, update="moving_average", center_lr=center_lr).train()
-    x, y = make_features(), make_target()
+    x, y = make_embeddings(12, 3), make_class_indices(12, 4)
     y[y == 3] = 0  # class 3 gets no sample this batch and must not move
     before = loss.centers.clone()
     expected_loss = center_loss_output(x, y, before).loss
@@ -99,8 +98,8 @@ def test_moving_average_centers_get_no_gradient_and_are_a_buffer() -> None:
     assert "centers" in dict(loss.named_buffers())
     assert list(loss.parameters()) == []
     assert not loss.centers.requires_grad
-    x = make_features().requires_grad_()
-    value = loss(x, make_target())
+    x = make_embeddings(12, 3).requires_grad_()
+    value = loss(x, make_class_indices(12, 4))
     value.backward()
     assert loss.centers.grad is None
     assert not loss.centers.requires_grad
@@ -111,17 +110,17 @@ def test_moving_average_centers_get_no_gradient_and_are_a_buffer() -> None:
 def test_moving_average_centers_do_not_move_in_eval_mode() -> None:
     loss = CenterLoss(4, 3, update="moving_average").eval()
     before = loss.centers.clone()
-    loss(make_features(), make_target())
+    loss(make_embeddings(12, 3), make_class_indices(12, 4))
     torch.testing.assert_close(loss.centers, before, rtol=0, atol=0)
     loss.train()
-    loss(make_features(), make_target())
+    loss(make_embeddings(12, 3), make_class_indices(12, 4))
     assert not torch.equal(loss.centers, before)
 
 
 def test_optimizer_centers_do_not_move_without_an_optimizer_step() -> None:
     loss = CenterLoss(4, 3).train()
     before = loss.centers.detach().clone()
-    loss(make_features(), make_target()).backward()
+    loss(make_embeddings(12, 3), make_class_indices(12, 4)).backward()
     torch.testing.assert_close(loss.centers.detach(), before, rtol=0, atol=0)
 
 
@@ -134,7 +133,7 @@ def test_moving_average_pulls_centers_to_the_class_means() -> None:
     torch.testing.assert_close(loss.centers, torch.tensor([[2.0, 1.0], [-2.0, 0.0]]), rtol=0, atol=1e-5)
 
 
-CONSTRUCTION_ERRORS: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
+CONSTRUCTION_ERRORS: ErrorCases = {
     "update": (
         lambda: CenterLoss(4, 3, update="sgd"),
         ValueError,
@@ -162,68 +161,54 @@ CONSTRUCTION_ERRORS: dict[str, tuple[Callable[[], object], type[Exception], str]
 }
 
 
-@pytest.mark.parametrize(("call", "error", "message"), CONSTRUCTION_ERRORS.values(), ids=CONSTRUCTION_ERRORS.keys())
+@parametrize_error_cases(CONSTRUCTION_ERRORS)
 def test_construction_errors_are_raised_at_construction(
     call: Callable[[], object], error: type[Exception], message: str
 ) -> None:
-    with pytest.raises(error, match=re.escape(message)):
-        call()
+    assert_raises_message(call, error, message)
 
 
-CALL_ERRORS: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
+CALL_ERRORS: ErrorCases = {
     "feature_dim_mismatch": (
-        lambda: CenterLoss(4, 3)(torch.zeros(12, 5), make_target()),
+        lambda: CenterLoss(4, 3)(torch.zeros(12, 5), make_class_indices(12, 4)),
         ValueError,
         "`features` of shape (N, 3), but got shape (12, 5)",
     ),
     "batch_mismatch": (
-        lambda: CenterLoss(4, 3)(make_features(), make_target(n=5)),
+        lambda: CenterLoss(4, 3)(make_embeddings(12, 3), make_class_indices(5, 4)),
         ValueError,
         "`target` of shape (12,) to match `features` of shape (12, 3)",
     ),
     "out_of_range": (
-        lambda: CenterLoss(4, 3)(make_features(2), torch.tensor([0, 4])),
+        lambda: CenterLoss(4, 3)(make_embeddings(2, 3), torch.tensor([0, 4])),
         ValueError,
         "class index to be in [0, 3], but got 4",
     ),
     "negative": (
-        lambda: CenterLoss(4, 3)(make_features(2), torch.tensor([0, -1])),
+        lambda: CenterLoss(4, 3)(make_embeddings(2, 3), torch.tensor([0, -1])),
         ValueError,
         "class index to be in [0, 3], but got -1",
     ),
     "float_target": (
-        lambda: CenterLoss(4, 3)(make_features(2), torch.zeros(2)),
+        lambda: CenterLoss(4, 3)(make_embeddings(2, 3), torch.zeros(2)),
         TypeError,
         "`target` to hold integer class indices",
     ),
 }
 
 
-@pytest.mark.parametrize(("call", "error", "message"), CALL_ERRORS.values(), ids=CALL_ERRORS.keys())
+@parametrize_error_cases(CALL_ERRORS)
 def test_bad_input_raises(call: Callable[[], object], error: type[Exception], message: str) -> None:
-    with pytest.raises(error, match=re.escape(message)):
-        call()
+    assert_raises_message(call, error, message)
 
 
 def test_bad_input_does_not_move_moving_average_centers() -> None:
     loss = CenterLoss(4, 3, update="moving_average").train()
     before = loss.centers.clone()
     with pytest.raises(ValueError, match="but got 4"):
-        loss(make_features(2), torch.tensor([0, 4]))
+        loss(make_embeddings(2, 3), torch.tensor([0, 4]))
     torch.testing.assert_close(loss.centers, before, rtol=0, atol=0)
 
 
 def test_torch_compile_fullgraph_matches_eager() -> None:
-    torch._dynamo.reset()
-    loss = CenterLoss(4, 3)
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    x = make_features().requires_grad_()
-    value = compiled(x, make_target())
-    value.backward()
-    x_eager = make_features().requires_grad_()
-    expected = loss(x_eager, make_target())
-    expected.backward()
-    torch.testing.assert_close(value, expected)
-    assert x.grad is not None
-    assert x_eager.grad is not None
-    torch.testing.assert_close(x.grad, x_eager.grad)
+    assert_compiled_matches_eager(CenterLoss(4, 3), lambda: make_embeddings(12, 3), make_class_indices(12, 4))

@@ -2,39 +2,27 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from lossplug.functional import balanced_cross_entropy_output, binary_cross_entropy_output, cross_entropy_output
 from lossplug.losses import BalancedCrossEntropyLoss, BinaryCrossEntropyLoss, CrossEntropyLoss
+from tests.helpers import (
+    REDUCTIONS,
+    ErrorCases,
+    assert_close_with_grad,
+    assert_raises_message,
+    ignore_kwargs,
+    make_float32_logits,
+    make_target,
+    parametrize_error_cases,
+)
 
 SHAPES = {"2d": (6, 4), "4d": (2, 3, 3, 2)}
-REDUCTIONS = ["mean", "sum", "none"]
 IGNORE = {"no_ignore": None, "ignore_-100": -100, "ignore_-1": -1, "ignore_class_0": 0}
-
-
-def make_logits(shape: tuple[int, ...], seed: int = 0) -> Tensor:
-    return 3 * torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-
-
-def make_target(shape: tuple[int, ...], ignore_index: int | None = None, seed: int = 1) -> Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    target_shape = (shape[0], *shape[2:])
-    target = torch.randint(0, shape[1], target_shape, generator=generator)
-    if ignore_index is not None:
-        mask = torch.rand(target_shape, generator=generator) < 0.35
-        mask.view(-1)[0] = True
-        mask.view(-1)[-1] = False
-        target = torch.where(mask, torch.full_like(target, ignore_index), target)
-    return target
-
-
-def ignore_kwargs(ignore_index: int | None) -> dict[str, int]:
-    return {} if ignore_index is None else {"ignore_index": ignore_index}
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1], ids=["no_smoothing", "smoothing_0.1"])
@@ -45,19 +33,14 @@ def test_cross_entropy_loss_matches_torch_module(
     shape: tuple[int, ...], weighted: bool, ignore_index: int | None, label_smoothing: float
 ) -> None:
     weight = torch.linspace(0.2, 2.0, shape[1]) if weighted else None
-    x = make_logits(shape).requires_grad_()
+    x = make_float32_logits(shape).requires_grad_()
     y = make_target(shape, ignore_index)
     for reduction in REDUCTIONS:
         kwargs = {"label_smoothing": label_smoothing, "reduction": reduction, **ignore_kwargs(ignore_index)}
         expected = nn.CrossEntropyLoss(weight=weight, **kwargs)(x, y)  # type: ignore[arg-type]
         loss = CrossEntropyLoss(weight=None if weight is None else weight.tolist(), **kwargs)  # type: ignore[arg-type]
         out = loss.evaluate(x, y)
-        torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-6, msg=lambda m, r=reduction: f"{r}: {m}")
-        (expected_grad,) = torch.autograd.grad(expected.sum(), x)
-        (got_grad,) = torch.autograd.grad(out.loss.sum(), x)
-        torch.testing.assert_close(
-            got_grad, expected_grad, rtol=1e-5, atol=1e-6, msg=lambda m, r=reduction: f"{r}: {m}"
-        )
+        assert_close_with_grad(out.loss, expected, x, rtol=1e-5, atol=1e-6, msg=lambda m, r=reduction: f"{r}: {m}")
         # the module is the function
         function_out = cross_entropy_output(x, y, weight, **kwargs)  # type: ignore[arg-type]
         torch.testing.assert_close(out.loss, function_out.loss)
@@ -73,7 +56,7 @@ def test_cross_entropy_loss_probability_targets_match_torch_module(
 ) -> None:
     weight = torch.linspace(0.2, 2.0, shape[1]) if weighted else None
     kwargs = {"label_smoothing": label_smoothing, "reduction": reduction}
-    x = make_logits(shape)
+    x = make_float32_logits(shape)
     y = torch.rand(shape, generator=torch.Generator().manual_seed(2)).softmax(dim=1)
     expected = nn.CrossEntropyLoss(weight=weight, **kwargs)(x, y)  # type: ignore[arg-type]
     got = CrossEntropyLoss(weight=None if weight is None else weight.tolist(), **kwargs)(x, y)  # type: ignore[arg-type]
@@ -88,15 +71,12 @@ def test_balanced_cross_entropy_loss_equals_weighted_torch(
 ) -> None:
     alpha = torch.linspace(0.1, 1.0, shape[1])
     kwargs = {"reduction": reduction, **ignore_kwargs(ignore_index)}
-    x = make_logits(shape).requires_grad_()
+    x = make_float32_logits(shape).requires_grad_()
     y = make_target(shape, ignore_index)
     expected = nn.CrossEntropyLoss(weight=alpha, **kwargs)(x, y)  # type: ignore[arg-type]
     loss = BalancedCrossEntropyLoss(alpha=alpha.tolist(), **kwargs)  # type: ignore[arg-type]
     got = loss(x, y)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-    (expected_grad,) = torch.autograd.grad(expected.sum(), x)
-    (got_grad,) = torch.autograd.grad(got.sum(), x)
-    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-5, atol=1e-6)
+    assert_close_with_grad(got, expected, x, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got, balanced_cross_entropy_output(x, y, alpha, **kwargs).loss)  # type: ignore[arg-type]
 
 
@@ -107,15 +87,12 @@ def test_binary_cross_entropy_loss_matches_torch_module(
     shape: tuple[int, ...], reduction: str, pos_weight: float | list[float] | None
 ) -> None:
     torch_pos_weight = None if pos_weight is None else torch.tensor(pos_weight).reshape(-1)
-    x = make_logits(shape).requires_grad_()
+    x = make_float32_logits(shape).requires_grad_()
     y = torch.rand(shape, generator=torch.Generator().manual_seed(4))
     expected = nn.BCEWithLogitsLoss(pos_weight=torch_pos_weight, reduction=reduction)(x, y)
     loss = BinaryCrossEntropyLoss(pos_weight=pos_weight, reduction=reduction)  # type: ignore[arg-type]
     got = loss(x, y)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-    (expected_grad,) = torch.autograd.grad(expected.sum(), x)
-    (got_grad,) = torch.autograd.grad(got.sum(), x)
-    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-5, atol=1e-6)
+    assert_close_with_grad(got, expected, x, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got, binary_cross_entropy_output(x, y, loss.pos_weight, reduction).loss)  # type: ignore[arg-type]
 
 
@@ -128,7 +105,7 @@ def test_binary_cross_entropy_scalar_pos_weight_is_a_one_element_buffer() -> Non
 
 def test_buffers_move_with_to_float64() -> None:
     loss = CrossEntropyLoss(weight=[1.0, 2.0, 3.0]).to(torch.float64)
-    x = make_logits((4, 3)).double()
+    x = make_float32_logits((4, 3)).double()
     y = make_target((4, 3))
     torch.testing.assert_close(
         loss(x, y), nn.functional.cross_entropy(x, y, weight=torch.tensor([1.0, 2.0, 3.0]).double())
@@ -140,7 +117,7 @@ def test_buffers_move_with_to_float64() -> None:
 X = torch.zeros(4, 3)
 Y = torch.tensor([0, 1, 2, 0])
 
-CONSTRUCTION_ERRORS: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
+CONSTRUCTION_ERRORS: ErrorCases = {
     "ce_reduction": (
         lambda: CrossEntropyLoss(reduction="avg"),
         ValueError,
@@ -220,15 +197,14 @@ CONSTRUCTION_ERRORS: dict[str, tuple[Callable[[], object], type[Exception], str]
 }
 
 
-@pytest.mark.parametrize(("call", "error", "message"), CONSTRUCTION_ERRORS.values(), ids=CONSTRUCTION_ERRORS.keys())
+@parametrize_error_cases(CONSTRUCTION_ERRORS)
 def test_construction_errors_are_raised_at_construction(
     call: Callable[[], object], error: type[Exception], message: str
 ) -> None:
-    with pytest.raises(error, match=re.escape(message)):
-        call()
+    assert_raises_message(call, error, message)
 
 
-CALL_ERRORS: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
+CALL_ERRORS: ErrorCases = {
     "ce_weight_length": (
         lambda: CrossEntropyLoss(weight=[1.0, 2.0])(X, Y),
         ValueError,
@@ -287,7 +263,6 @@ CALL_ERRORS: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
 }
 
 
-@pytest.mark.parametrize(("call", "error", "message"), CALL_ERRORS.values(), ids=CALL_ERRORS.keys())
+@parametrize_error_cases(CALL_ERRORS)
 def test_bad_input_raises(call: Callable[[], object], error: type[Exception], message: str) -> None:
-    with pytest.raises(error, match=re.escape(message)):
-        call()
+    assert_raises_message(call, error, message)

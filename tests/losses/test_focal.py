@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import pytest
@@ -11,27 +10,21 @@ from torch import Tensor, nn
 
 from lossplug.functional import binary_focal_loss_output, focal_loss_output
 from lossplug.losses import BinaryFocalLoss, FocalLoss
+from tests.helpers import (
+    REDUCTIONS,
+    ErrorCases,
+    assert_close_with_grad,
+    assert_compiled_matches_eager,
+    assert_raises_message,
+    ignore_kwargs,
+    make_float32_logits,
+    make_target,
+    parametrize_error_cases,
+)
 
 SHAPES = {"2d": (8, 4), "4d": (2, 4, 3, 2)}
-REDUCTIONS = ["mean", "sum", "none"]
 IGNORE = {"no_ignore": None, "ignore_-100": -100, "ignore_class_2": 2}
 ALPHA = [0.25, 0.5, 0.75, 1.0]
-
-
-def make_logits(shape: tuple[int, ...], seed: int = 0) -> Tensor:
-    return 3 * torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-
-
-def make_target(shape: tuple[int, ...], ignore_index: int | None = None, seed: int = 1) -> Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    target_shape = (shape[0], *shape[2:])
-    target = torch.randint(0, shape[1], target_shape, generator=generator)
-    if ignore_index is not None:
-        mask = torch.rand(target_shape, generator=generator) < 0.35
-        mask.view(-1)[0] = True
-        mask.view(-1)[-1] = False
-        target = torch.where(mask, torch.full_like(target, ignore_index), target)
-    return target
 
 
 @pytest.mark.parametrize("ignore_index", IGNORE.values(), ids=IGNORE.keys())
@@ -41,22 +34,19 @@ def make_target(shape: tuple[int, ...], ignore_index: int | None = None, seed: i
 def test_gamma_0_equals_torch_cross_entropy_with_alpha_weight(
     shape: tuple[int, ...], reduction: str, with_alpha: bool, ignore_index: int | None
 ) -> None:
-    kwargs = {"reduction": reduction, **({} if ignore_index is None else {"ignore_index": ignore_index})}
+    kwargs = {"reduction": reduction, **ignore_kwargs(ignore_index)}
     weight = torch.tensor(ALPHA) if with_alpha else None
-    x = make_logits(shape).requires_grad_()
+    x = make_float32_logits(shape).requires_grad_()
     y = make_target(shape, ignore_index)
     expected = nn.CrossEntropyLoss(weight=weight, **kwargs)(x, y)  # type: ignore[arg-type]
     got = FocalLoss(gamma=0.0, alpha=ALPHA if with_alpha else None, **kwargs)(x, y)  # type: ignore[arg-type]
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-    (expected_grad,) = torch.autograd.grad(expected.sum(), x)
-    (got_grad,) = torch.autograd.grad(got.sum(), x)
-    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-5, atol=1e-6)
+    assert_close_with_grad(got, expected, x, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0, 3.5], ids=["gamma_0", "gamma_0.5", "gamma_2", "gamma_3.5"])
 def test_focal_module_equals_function(gamma: float, reduction: str) -> None:
-    x = make_logits((2, 4, 3, 2))
+    x = make_float32_logits((2, 4, 3, 2))
     y = make_target((2, 4, 3, 2), ignore_index=-100)
     loss = FocalLoss(gamma=gamma, alpha=ALPHA, reduction=reduction)  # type: ignore[arg-type]
     out = loss.evaluate(x, y)
@@ -71,21 +61,18 @@ def test_focal_module_equals_function(gamma: float, reduction: str) -> None:
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("shape", [(9,), (5, 3), (2, 3, 2, 2)], ids=["1d", "2d", "4d"])
 def test_binary_gamma_0_no_alpha_equals_torch_bce_with_logits(shape: tuple[int, ...], reduction: str) -> None:
-    x = make_logits(shape).requires_grad_()
+    x = make_float32_logits(shape).requires_grad_()
     y = torch.rand(shape, generator=torch.Generator().manual_seed(2))
     expected = nn.BCEWithLogitsLoss(reduction=reduction)(x, y)
     got = BinaryFocalLoss(gamma=0.0, alpha=None, reduction=reduction)(x, y)  # type: ignore[arg-type]
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-    (expected_grad,) = torch.autograd.grad(expected.sum(), x)
-    (got_grad,) = torch.autograd.grad(got.sum(), x)
-    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-5, atol=1e-6)
+    assert_close_with_grad(got, expected, x, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("normalization", ["elements", "positives"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0], ids=["gamma_0", "gamma_0.5", "gamma_2"])
 def test_binary_focal_module_equals_function(gamma: float, reduction: str, normalization: str) -> None:
-    x = make_logits((6, 3))
+    x = make_float32_logits((6, 3))
     y = (torch.rand(6, 3, generator=torch.Generator().manual_seed(3)) > 0.7).float()
     kwargs = {"gamma": gamma, "alpha": 0.25, "reduction": reduction, "normalization": normalization}
     out = BinaryFocalLoss(**kwargs).evaluate(x, y)  # type: ignore[arg-type]
@@ -101,7 +88,7 @@ def test_binary_focal_module_equals_function(gamma: float, reduction: str, norma
     ids=["three_positives", "no_positives"],
 )
 def test_binary_focal_positives_normalization(target: Tensor) -> None:
-    x = make_logits((2, 3))
+    x = make_float32_logits((2, 3))
     total = BinaryFocalLoss(reduction="sum")(x, target)
     got = BinaryFocalLoss(normalization="positives")(x, target)
     torch.testing.assert_close(got, total / max(1.0, float(target.sum())))
@@ -139,22 +126,7 @@ COMPILE_CASES = {
 def test_torch_compile_fullgraph_forward_and_backward(
     make: Callable[[], nn.Module], target: Callable[[], Tensor]
 ) -> None:
-    # fullgraph=True fails on any graph break; aot_eager traces forward and backward (the custom autograd
-    # functions included) without the minutes of C++ code generation the default backend costs on CPU
-    torch._dynamo.reset()
-    loss = make()
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    y = target()
-    x = make_logits((8, 4)).requires_grad_()
-    value = compiled(x, y)
-    value.backward()
-    x_eager = make_logits((8, 4)).requires_grad_()
-    expected = loss(x_eager, y)
-    expected.backward()
-    torch.testing.assert_close(value, expected)
-    assert x.grad is not None
-    assert x_eager.grad is not None
-    torch.testing.assert_close(x.grad, x_eager.grad)
+    assert_compiled_matches_eager(make(), lambda: make_float32_logits((8, 4)), target())
 
 
 # -- bad input ------------------------------------------------------------------------------------------
@@ -162,7 +134,7 @@ def test_torch_compile_fullgraph_forward_and_backward(
 X = torch.zeros(4, 3)
 Y = torch.tensor([0, 1, 2, 0])
 
-CONSTRUCTION_ERRORS: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
+CONSTRUCTION_ERRORS: ErrorCases = {
     "gamma_negative": (lambda: FocalLoss(gamma=-1.0), ValueError, "`gamma` to be a number >= 0, but got -1.0"),
     "gamma_string": (lambda: FocalLoss(gamma="2"), TypeError, "`gamma` to be a number, but got str '2'"),  # type: ignore[arg-type]
     "scalar_alpha": (
@@ -221,15 +193,14 @@ CONSTRUCTION_ERRORS: dict[str, tuple[Callable[[], object], type[Exception], str]
 }
 
 
-@pytest.mark.parametrize(("call", "error", "message"), CONSTRUCTION_ERRORS.values(), ids=CONSTRUCTION_ERRORS.keys())
+@parametrize_error_cases(CONSTRUCTION_ERRORS)
 def test_construction_errors_are_raised_at_construction(
     call: Callable[[], object], error: type[Exception], message: str
 ) -> None:
-    with pytest.raises(error, match=re.escape(message)):
-        call()
+    assert_raises_message(call, error, message)
 
 
-CALL_ERRORS: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
+CALL_ERRORS: ErrorCases = {
     "alpha_length": (
         lambda: FocalLoss(alpha=[0.5, 0.5])(X, Y),
         ValueError,
@@ -269,7 +240,6 @@ CALL_ERRORS: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
 }
 
 
-@pytest.mark.parametrize(("call", "error", "message"), CALL_ERRORS.values(), ids=CALL_ERRORS.keys())
+@parametrize_error_cases(CALL_ERRORS)
 def test_bad_input_raises(call: Callable[[], object], error: type[Exception], message: str) -> None:
-    with pytest.raises(error, match=re.escape(message)):
-        call()
+    assert_raises_message(call, error, message)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Callable
 
@@ -22,15 +21,18 @@ from lossplug.losses import (
     FocalLoss,
     WeightedSum,
 )
+from tests.helpers import (
+    ErrorCases,
+    assert_raises_message,
+    make_class_indices,
+    parametrize_error_cases,
+    save_and_load,
+)
 
 
 def make_output(n: int = 6, c: int = 4, d: int = 3) -> dict[str, Tensor]:
     generator = torch.Generator().manual_seed(0)
     return {"logits": 2 * torch.randn(n, c, generator=generator), "embeddings": torch.randn(n, d, generator=generator)}
-
-
-def make_target(n: int = 6, c: int = 4) -> Tensor:
-    return torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(1))
 
 
 def ce_and_center() -> WeightedSum:
@@ -40,7 +42,7 @@ def ce_and_center() -> WeightedSum:
 
 def test_loss_is_the_weighted_sum_of_the_terms() -> None:
     loss = ce_and_center()
-    output, y = make_output(), make_target()
+    output, y = make_output(), make_class_indices(6, 4)
     out = loss.evaluate_output(output, y)
     ce = F.cross_entropy(output["logits"], y)
     center = 0.5 * (output["embeddings"] - loss.terms["center"].centers[y]).pow(2).sum(dim=1)
@@ -64,7 +66,7 @@ def test_loss_is_the_weighted_sum_of_the_terms() -> None:
 def test_p_t_comes_from_the_first_term_with_probabilities() -> None:
     torch.manual_seed(0)
     loss = WeightedSum({"center": CenterLoss(4, 3), "focal": FocalLoss(gamma=2.0)}, {"center": 0.5, "focal": 2.0})
-    output, y = make_output(), make_target()
+    output, y = make_output(), make_class_indices(6, 4)
     out = loss.evaluate_output(output, y)
     expected_p_t = output["logits"].softmax(dim=1)[torch.arange(6), y]
     torch.testing.assert_close(out.p_t, expected_p_t)
@@ -75,7 +77,7 @@ def test_p_t_comes_from_the_first_term_with_probabilities() -> None:
 
 def test_default_weights_are_one() -> None:
     loss = WeightedSum({"ce": CrossEntropyLoss(), "focal": FocalLoss(gamma=1.0)})
-    output, y = make_output(), make_target()
+    output, y = make_output(), make_class_indices(6, 4)
     expected = F.cross_entropy(output["logits"], y) + FocalLoss(gamma=1.0)(output["logits"], y)
     # every term consumes logits, so a plain tensor is accepted
     torch.testing.assert_close(loss(output["logits"], y), expected)
@@ -87,7 +89,7 @@ def test_arcface_plus_center_routes_embeddings_and_trains_both_parameters() -> N
     loss = WeightedSum(
         {"arcface": ArcFaceLoss(4, 3, scale=8.0), "center": CenterLoss(4, 3)}, {"arcface": 1.0, "center": 0.1}
     )
-    output, y = make_output(), make_target()
+    output, y = make_output(), make_class_indices(6, 4)
     embeddings = output["embeddings"].requires_grad_()
     value = loss.evaluate_output({"embeddings": embeddings}, y).loss
     expected = loss.terms["arcface"](embeddings, y) + 0.1 * loss.terms["center"](embeddings, y)
@@ -105,7 +107,7 @@ def test_valid_is_where_every_term_counts() -> None:
         {"ce": CrossEntropyLoss(ignore_index=-1), "center": CenterLoss(4, 3)}, {"ce": 1.0, "center": 0.0}
     )
     output = make_output()
-    y = make_target()
+    y = make_class_indices(6, 4)
     y[2] = -1
     # the center loss cannot gather class -1: the ignored sample is an error for it, not silently dropped
     with pytest.raises(ValueError, match="but got -1"):
@@ -124,7 +126,7 @@ def test_term_reductions_are_kept(reduction: str) -> None:
         {"ce": CrossEntropyLoss(reduction=reduction), "focal": FocalLoss(reduction=reduction)},  # type: ignore[arg-type]
         {"ce": 0.5, "focal": 3.0},
     )
-    x, y = make_output()["logits"], make_target()
+    x, y = make_output()["logits"], make_class_indices(6, 4)
     expected = 0.5 * F.cross_entropy(x, y, reduction=reduction) + 3.0 * FocalLoss(reduction=reduction)(x, y)  # type: ignore[arg-type]
     torch.testing.assert_close(loss(x, y), expected)
 
@@ -135,7 +137,7 @@ def test_gradcheck_through_the_sum() -> None:
         {"ce": CrossEntropyLoss(label_smoothing=0.1), "center": CenterLoss(4, 3)}, {"ce": 1.0, "center": 0.3}
     ).double()
     output = {name: tensor.double().requires_grad_() for name, tensor in make_output(n=4).items()}
-    y = make_target(n=4)
+    y = make_class_indices(4, 4)
 
     def fn(logits: Tensor, embeddings: Tensor) -> Tensor:
         return loss.evaluate_output({"logits": logits, "embeddings": embeddings}, y).loss
@@ -149,26 +151,23 @@ def test_set_class_counts_reaches_every_term() -> None:
     )
     assert loss.needs_class_counts
     with pytest.raises(RuntimeError, match=re.escape("set_class_counts")):
-        loss(make_output()["logits"], make_target())
+        loss(make_output()["logits"], make_class_indices(6, 4))
     loss.set_class_counts([10, 20, 30, 40])
     assert not loss.needs_class_counts
-    assert loss(make_output()["logits"], make_target()).isfinite()
+    assert loss(make_output()["logits"], make_class_indices(6, 4)).isfinite()
 
 
 def test_state_dict_carries_every_term() -> None:
     loss = ce_and_center()
     loss.terms["ce"] = CrossEntropyLoss(weight=[1.0, 2.0, 3.0, 4.0])
-    buffer = io.BytesIO()
-    torch.save(loss.state_dict(), buffer)
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
+    state = save_and_load(loss.state_dict())
     assert set(state) == {"terms.ce.weight", "terms.center.centers"}
     torch.manual_seed(99)
     fresh = WeightedSum(
         {"ce": CrossEntropyLoss(weight=[0.0, 0.0, 0.0, 0.0]), "center": CenterLoss(4, 3)}, {"ce": 1.0, "center": 0.01}
     )
     fresh.load_state_dict(state)
-    output, y = make_output(), make_target()
+    output, y = make_output(), make_class_indices(6, 4)
     torch.testing.assert_close(fresh.evaluate_output(output, y).loss, loss.evaluate_output(output, y).loss)
 
 
@@ -182,7 +181,7 @@ def test_init_args_and_repr() -> None:
 
 # -- bad input ------------------------------------------------------------------------------------------
 
-ERRORS: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
+ERRORS: ErrorCases = {
     "weight_names_mismatch": (
         lambda: WeightedSum({"ce": CrossEntropyLoss(), "center": CenterLoss(4, 3)}, {"ce": 1.0, "centre": 0.1}),
         ValueError,
@@ -215,17 +214,17 @@ ERRORS: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
     ),
     "no_terms": (lambda: WeightedSum({}), ValueError, "`terms` to be a non-empty mapping of name to loss"),
     "missing_embeddings": (
-        lambda: ce_and_center().evaluate_output({"logits": make_output()["logits"]}, make_target()),
+        lambda: ce_and_center().evaluate_output({"logits": make_output()["logits"]}, make_class_indices(6, 4)),
         ValueError,
         "WeightedSum term 'center' (CenterLoss) consumes 'embeddings', but the model output has keys ['logits']",
     ),
     "missing_logits": (
-        lambda: ce_and_center().evaluate_output({"embeddings": make_output()["embeddings"]}, make_target()),
+        lambda: ce_and_center().evaluate_output({"embeddings": make_output()["embeddings"]}, make_class_indices(6, 4)),
         ValueError,
         "WeightedSum term 'ce' (CrossEntropyLoss) consumes 'logits', but the model output has keys ['embeddings']",
     ),
     "tensor_for_mixed_terms": (
-        lambda: ce_and_center()(make_output()["logits"], make_target()),
+        lambda: ce_and_center()(make_output()["logits"], make_class_indices(6, 4)),
         ValueError,
         "WeightedSum terms consume ['embeddings', 'logits'] (a tensor is one of them)",
     ),
@@ -238,10 +237,9 @@ ERRORS: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
 }
 
 
-@pytest.mark.parametrize(("call", "error", "message"), ERRORS.values(), ids=ERRORS.keys())
+@parametrize_error_cases(ERRORS)
 def test_bad_input_raises(call: Callable[[], object], error: type[Exception], message: str) -> None:
-    with pytest.raises(error, match=re.escape(message)):
-        call()
+    assert_raises_message(call, error, message)
 
 
 def test_target_kind_is_that_of_its_terms() -> None:
