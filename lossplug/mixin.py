@@ -153,12 +153,14 @@ class LossMixin:
             return loss(select_input(output, "logits", type(loss).__name__), target)
         if loss.needs_class_counts:
             loss.set_class_counts(self._training_class_counts(loss))
+        if not self._loss_observers:
+            # nobody reads the per-sample record: the loss-only path (faster for some losses)
+            return loss.forward_output(output, target)
         result = loss.evaluate_output(output, target)
-        if self._loss_observers:
-            stage = self._stage()
-            detached = _detached(result)
-            for observer in self._loss_observers:
-                observer.observe_loss(detached, stage)
+        stage = self._stage()
+        detached = _detached(result)
+        for observer in self._loss_observers:
+            observer.observe_loss(detached, stage)
         return result.loss
 
     def _configured_loss(self) -> nn.Module:

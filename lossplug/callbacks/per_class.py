@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -105,7 +105,7 @@ class PerClassLossMonitor(LossStatisticsCallback):
         self.log_scalars = bool(log_scalars)
         self._names_cache: tuple[int, list[str]] | None = None
         self._printed: tuple[int, float] | None = None  # (epoch, when) of the last tables printed
-        self._unprinted: dict[str, tuple[int, Table]] = {}
+        self._unprinted: dict[str, tuple[int, Callable[[], Table]]] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(top_k={self.top_k}, stages={list(self.stages)})"
@@ -146,19 +146,30 @@ class PerClassLossMonitor(LossStatisticsCallback):
             )
         k = min(self.top_k, layout.num_classes)
         top = torch.topk(table[:, 1], k).indices.tolist()
+        top_rows = table[top].tolist()  # the top classes' rows as numbers: no tensor indexing per cell
         if self.log_scalars and trainer.loggers:
-            self._log(trainer, stage, names, top, table, terms)
+            self._log(trainer, stage, names, top, top_rows, table, terms)
         if self.verbose:
-            self._show(stage, epoch, self._table_of(stage, epoch, names, top, table, terms))
+            top_terms = {term: sums[top].tolist() for term, sums in terms.items()}
+            total = float(table[:, 1].sum())
+            self._show(
+                stage, epoch, lambda: self._table_of(stage, epoch, names, top, top_rows, total, top_terms)
+            )
         return rows
 
     def _log(
-        self, trainer: pl.Trainer, stage: str, names: list[str], top: list[int], table: Tensor, terms: dict[str, Tensor]
+        self,
+        trainer: pl.Trainer,
+        stage: str,
+        names: list[str],
+        top: list[int],
+        top_rows: list[list[float]],
+        table: Tensor,
+        terms: dict[str, Tensor],
     ) -> None:
         total = float(table[:, 1].sum())
         metrics: dict[str, float] = {}
-        for index in top:
-            count, loss_sum = float(table[index, 0]), float(table[index, 1])
+        for index, (count, loss_sum, *_) in zip(top, top_rows, strict=True):
             metrics[f"per_class/{stage}/share/{names[index]}"] = share(loss_sum, total)
             metrics[f"per_class/{stage}/loss_mean/{names[index]}"] = share(loss_sum, count)
         for term, term_sums in terms.items():
@@ -167,7 +178,8 @@ class PerClassLossMonitor(LossStatisticsCallback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 
-    def _show(self, stage: str, epoch: int, grid: Table) -> None:
+    def _show(self, stage: str, epoch: int, grid: Callable[[], Table]) -> None:
+        """Print the table now, or keep it (unbuilt: most are never printed) until the interval has passed."""
         now = time.monotonic()
         printed = self._printed
         if printed is not None and printed[0] != epoch and now - printed[1] < self.print_interval_s:
@@ -176,20 +188,26 @@ class PerClassLossMonitor(LossStatisticsCallback):
         if printed is None or printed[0] != epoch:
             self._printed = (epoch, now)
         self._unprinted.pop(stage, None)
-        console().print(grid)
+        console().print(grid())
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().teardown(trainer, pl_module, stage)
         for _, grid in sorted(self._unprinted.values(), key=lambda item: item[0]):
-            console().print(grid)
+            console().print(grid())
         self._unprinted.clear()
 
     def _table_of(
-        self, stage: str, epoch: int, names: list[str], top: list[int], table: Tensor, terms: dict[str, Tensor]
+        self,
+        stage: str,
+        epoch: int,
+        names: list[str],
+        top: list[int],
+        top_rows: list[list[float]],
+        total: float,
+        top_terms: dict[str, list[float]],
     ) -> Table:
-        total = float(table[:, 1].sum())
-        shown = share(float(table[top, 1].sum()), total)
+        shown = share(sum(row[1] for row in top_rows), total)
         title = f"Per-class loss · {stage} · epoch {epoch}"
         if len(top) < len(names):
             title += f" · top {len(top)} of {len(names)} classes, {shown:.1%} of the loss"
@@ -198,12 +216,11 @@ class PerClassLossMonitor(LossStatisticsCallback):
         grid.add_column("class")
         for heading in ("count", "loss sum", "mean loss", "share", "cum. share"):
             grid.add_column(heading, justify="right")
-        term_names = [term for term in terms if term != TOTAL]
+        term_names = [term for term in top_terms if term != TOTAL]
         for term in term_names:
             grid.add_column(f"{term} sum", justify="right")
         cumulative = 0.0
-        for rank, index in enumerate(top, start=1):
-            count, loss_sum = float(table[index, 0]), float(table[index, 1])
+        for rank, (index, (count, loss_sum, *_)) in enumerate(zip(top, top_rows, strict=True), start=1):
             cumulative += share(loss_sum, total)
             cells = [
                 str(rank),
@@ -214,6 +231,6 @@ class PerClassLossMonitor(LossStatisticsCallback):
                 f"{share(loss_sum, total):.1%}",
                 f"{cumulative:.1%}",
             ]
-            cells += [f"{float(terms[term][index]):.4g}" for term in term_names]
+            cells += [f"{top_terms[term][rank - 1]:.4g}" for term in term_names]
             grid.add_row(*cells)
         return grid

@@ -49,6 +49,46 @@ class _AngularMargin(torch.autograd.Function):
         return grad_output * _margin_target_cosine(cosine, ctx.margin, ctx.easy_margin)[1], None, None
 
 
+class _MarginLogits(torch.autograd.Function):
+    r"""Logits :math:`s \cos\theta_j`, and :math:`s\,\psi(\theta_y)` at the target, from normalized embeddings
+    and class weights, with the exact gradient.
+
+    The cosine matrix is this function's own, so it is scaled and given the target margin in place:
+    one full-size tensor in forward, where the composition ``(linear(e, w) * s).scatter(...)`` makes
+    three, and nothing full-size is kept for backward but what the matrix products need (the two
+    normalized inputs) and the target cosines. Backward scales the incoming gradient once, puts
+    :math:`g_{iy}\, s\, \psi'(\cos\theta_y)` in the target column, and multiplies back. A double
+    backward (``create_graph=True``) takes the same formula written differentiably.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, embeddings: Tensor, weight: Tensor, index: Tensor, scale: float, margin: float, easy_margin: bool
+    ) -> Tensor:
+        logits = F.linear(embeddings, weight).to(embeddings.dtype)  # under autocast: back to float32
+        target_cosine = logits.gather(1, index)
+        psi = _margin_target_cosine(target_cosine, margin, easy_margin)[0]
+        ctx.save_for_backward(embeddings, weight, index, target_cosine)
+        ctx.scale, ctx.margin, ctx.easy_margin = scale, margin, easy_margin
+        return logits.mul_(scale).scatter_(1, index, psi.mul_(scale))
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None, None]:
+        embeddings, weight, index, target_cosine = ctx.saved_tensors
+        scale = ctx.scale
+        if torch.is_grad_enabled():  # double backward: differentiable in grad_output and both inputs
+            target_cosine = (embeddings * weight.index_select(0, index.squeeze(1))).sum(dim=1, keepdim=True)
+        slope = _margin_target_cosine(target_cosine, ctx.margin, ctx.easy_margin)[1]
+        target_grad = grad_output.gather(1, index) * slope * scale
+        if torch.is_grad_enabled():
+            grad_cosine = (grad_output * scale).scatter(1, index, target_grad)
+        else:
+            grad_cosine = torch.mul(grad_output, scale).scatter_(1, index, target_grad)
+        grad_embeddings = grad_cosine @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = grad_cosine.t() @ embeddings if ctx.needs_input_grad[1] else None
+        return grad_embeddings, grad_weight, None, None, None, None
+
+
 def check_arcface_args(scale: float, margin: float) -> tuple[float, float]:
     """Check ``scale > 0`` and ``margin`` in ``[0, pi/2)``."""
     scale = check_number("scale", scale, 0.0, low_closed=False)
@@ -64,8 +104,13 @@ def arcface_logits(
     Shapes: ``embeddings`` ``(N, D)``, ``target`` ``(N,)``, ``weight`` ``(C, D)``; returns ``(N, C)``
     in at least float32.
     """
-    cosine = upcast(F.linear(F.normalize(embeddings, dim=1), F.normalize(weight, dim=1)))
+    dtype = torch.promote_types(upcast(embeddings).dtype, upcast(weight).dtype)  # half is computed in float32
+    normalized_embeddings = F.normalize(embeddings.to(dtype), dim=1)
+    normalized_weight = F.normalize(weight.to(dtype), dim=1)
     index = target.long().unsqueeze(1)
+    if not torch.compiler.is_compiling():  # eager: no extra full-size copies (see _MarginLogits)
+        return _MarginLogits.apply(normalized_embeddings, normalized_weight, index, scale, margin, easy_margin)
+    cosine = F.linear(normalized_embeddings, normalized_weight)
     target_cosine = cosine.gather(1, index).squeeze(1)
     psi = _AngularMargin.apply(target_cosine, margin, easy_margin)
     return (cosine * scale).scatter(1, index, (psi * scale).unsqueeze(1))

@@ -2,12 +2,15 @@ r"""Center loss (Wen et al. 2016) and its moving-average center update."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from lossplug.functional._reduction import reduce_loss
 from lossplug.functional._validation import Reduction, check_embeddings, check_number, check_reduction
+from lossplug.functional.cross_entropy import upcast
 from lossplug.output import LossOutput
 
 
@@ -15,6 +18,41 @@ def _check_centers(centers: Tensor) -> None:
     if not isinstance(centers, Tensor) or centers.ndim != 2:
         shape = tuple(centers.shape) if isinstance(centers, Tensor) else type(centers).__name__
         raise ValueError(f"Expected `centers` of shape (num_classes, feature_dim), but got {shape}.")
+
+
+class _CenterDistance(torch.autograd.Function):
+    r"""Per-sample :math:`\tfrac12 \lVert x_i - c_{y_i} \rVert^2` with its closed-form gradient.
+
+    Forward gathers :math:`c_{y_i}` and turns that buffer into :math:`x_i - c_{y_i}` in place (the one
+    full-size tensor it keeps); the squared norms are batched dot products, with no squared
+    temporary. Backward scales the saved difference once (:math:`g_i (x_i - c_{y_i})`, the feature
+    gradient) and scatter-adds its negative into the centers' gradient.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, features: Tensor, target: Tensor, centers: Tensor) -> Tensor:
+        difference = centers.index_select(0, target).to(features.dtype)
+        torch.sub(features, difference, out=difference)
+        per_sample = torch.bmm(difference.unsqueeze(1), difference.unsqueeze(2)).view(-1).mul_(0.5)
+        ctx.save_for_backward(difference, target, features, centers if ctx.needs_input_grad[2] else None)
+        ctx.num_centers = centers.shape[0]
+        return per_sample
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, None, Tensor | None]:
+        difference, target, features, centers = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: recompute the difference differentiably
+            gathered = centers.index_select(0, target) if centers is not None else (features - difference).detach()
+            difference = features - gathered.to(features.dtype)
+        grad_features = difference * grad_output.unsqueeze(1)
+        grad_centers = None
+        if ctx.needs_input_grad[2]:
+            zeros = torch.zeros(ctx.num_centers, difference.shape[1], dtype=difference.dtype, device=difference.device)
+            if torch.is_grad_enabled():
+                grad_centers = zeros.index_add(0, target, grad_features, alpha=-1)
+            else:
+                grad_centers = zeros.index_add_(0, target, grad_features, alpha=-1)
+        return (grad_features if ctx.needs_input_grad[0] else None), None, grad_centers
 
 
 def center_loss_output(
@@ -47,8 +85,11 @@ def center_loss_output(
     check_reduction(reduction)
     _check_centers(centers)
     check_embeddings("features", features, target, centers.shape[1], centers.shape[0], validate_args)
-    difference = features - centers.index_select(0, target.long()).to(features.dtype)
-    per_sample = 0.5 * difference.pow(2).sum(dim=1)
+    if torch.compiler.is_compiling():  # traced: the plain formula, which the compiler fuses
+        difference = upcast(features) - centers.index_select(0, target.long()).to(upcast(features).dtype)
+        per_sample = 0.5 * difference.pow(2).sum(dim=1)
+    else:
+        per_sample = _CenterDistance.apply(upcast(features), target.long(), centers)
     valid = torch.ones_like(per_sample, dtype=torch.bool)
     loss = reduce_loss(per_sample, reduction)
     return LossOutput(loss, per_sample, None, valid, target, "multiclass", centers.shape[0])

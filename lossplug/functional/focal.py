@@ -11,9 +11,15 @@ from __future__ import annotations
 from typing import Any, Literal, TypeAlias
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from lossplug.functional._kernels import (
+    BinaryFocal,
+    BinaryFocalElementwise,
+    BinaryFocalSum,
+    binary_probability_of_target,
+    use_chunked_kernel,
+)
 from lossplug.functional._reduction import reduce_loss
 from lossplug.functional._validation import (
     ClassWeight,
@@ -29,13 +35,7 @@ from lossplug.functional._validation import (
     check_reduction,
     check_same_device,
 )
-from lossplug.functional.cross_entropy import (
-    binary_num_classes,
-    binary_probability_of_target,
-    class_log_probs,
-    sample_weights,
-    upcast,
-)
+from lossplug.functional.cross_entropy import binary_num_classes, class_log_probs, sample_weights, upcast
 from lossplug.output import LossOutput
 
 Normalization: TypeAlias = Literal["elements", "positives"]
@@ -72,6 +72,74 @@ class _FocalTerm(torch.autograd.Function):
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
         (log_p_t,) = ctx.saved_tensors
         return grad_output * _focal_term_grad(log_p_t, ctx.gamma), None
+
+
+class _SoftmaxFocal(torch.autograd.Function):
+    r"""Per-sample softmax focal loss from the logits, with the closed-form gradient.
+
+    With :math:`u = \log p_t` and :math:`f(u) = -(1 - e^u)^\gamma u`, the gradient with respect to the
+    logits of a sample is :math:`c\,(\mathbb{1}_{y} - p)` with :math:`c = g\, w\, f'(u)`: one
+    exponential of the saved log-probabilities, scaled in place, plus :math:`c` at the target class.
+    So backward allocates nothing full-size (cross-entropy's backward fills a zero tensor, scatters
+    into it and runs the log-softmax backward on top). The log-probabilities are owned by this
+    function and turned into the gradient in place, once; a second backward (``retain_graph``)
+    recomputes them, and a double backward (``create_graph``) takes a differentiable path.
+
+    Returns ``(per_sample, log_p_t)``: ``w f(u)`` (zero where not valid) and the detached ``log p_t``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, input: Tensor, safe_target: Tensor, weight: Tensor | None, valid: Tensor, gamma: float
+    ) -> tuple[Tensor, Tensor]:
+        log_probs = input.log_softmax(dim=1)
+        index = safe_target.unsqueeze(1)
+        log_p_t = log_probs.gather(1, index).squeeze(1)
+        focal = -_modulation(log_p_t, gamma) * log_p_t
+        weighted = focal if weight is None else focal * weight
+        per_sample = torch.where(valid, weighted, torch.zeros_like(weighted))
+        ctx.save_for_backward(input, safe_target, weight, valid, log_p_t, focal)
+        ctx.gamma = gamma
+        ctx.log_probs = log_probs  # not an output: owned here, consumed by the first backward
+        ctx.mark_non_differentiable(log_p_t)
+        ctx.set_materialize_grads(False)
+        return per_sample, log_p_t
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_output: Tensor | None, _grad_log_p_t: Tensor | None
+    ) -> tuple[Tensor | None, None, Tensor | None, None, None]:
+        input, safe_target, weight, valid, log_p_t, focal = ctx.saved_tensors
+        if grad_output is None:
+            return None, None, None, None, None
+        grad_weight = None
+        if weight is not None and ctx.needs_input_grad[2]:
+            grad_weight = torch.where(valid, grad_output * focal, torch.zeros_like(focal))
+        if not ctx.needs_input_grad[0]:
+            return None, None, grad_weight, None, None
+        index = safe_target.unsqueeze(1)
+        if torch.is_grad_enabled():  # double backward: the same formula, differentiable in the input
+            log_probs = input.log_softmax(dim=1)
+            coefficient = _focal_coefficient(
+                grad_output, log_probs.gather(1, index).squeeze(1), weight, valid, ctx.gamma
+            )
+            return (-coefficient * log_probs.exp()).scatter_add(1, index, coefficient), None, grad_weight, None, None
+        coefficient = _focal_coefficient(grad_output, log_p_t, weight, valid, ctx.gamma)
+        log_probs, ctx.log_probs = ctx.log_probs, None
+        if log_probs is None:  # a second backward of a retained graph
+            log_probs = input.log_softmax(dim=1)
+        grad = log_probs.exp_().mul_(-coefficient)
+        return grad.scatter_add_(1, index, coefficient), None, grad_weight, None, None
+
+
+def _focal_coefficient(
+    grad_output: Tensor, log_p_t: Tensor, weight: Tensor | None, valid: Tensor, gamma: float
+) -> Tensor:
+    """c = g w f'(log p_t) per sample, zero where not valid, with a class dimension for broadcasting."""
+    coefficient = grad_output * _focal_term_grad(log_p_t, gamma)
+    if weight is not None:
+        coefficient = coefficient * weight
+    return torch.where(valid, coefficient, torch.zeros_like(coefficient)).unsqueeze(1)
 
 
 def _check_gamma(gamma: float) -> float:
@@ -117,25 +185,34 @@ def focal_loss_output(
     check_reduction(reduction)
     alpha_tensor = None if alpha is None else _alpha_vector(alpha, input)
     check_index_target(input, target, ignore_index, validate_args)
-    _, log_p_t, valid, safe_target = class_log_probs(input, target, ignore_index)
-    sample_weight = sample_weights(alpha_tensor, safe_target, valid)
-    focal = _FocalTerm.apply(log_p_t, gamma)
-    if alpha_tensor is not None:
-        focal = focal * sample_weight
-    per_sample = torch.where(valid, focal, torch.zeros_like(focal))
+    if torch.compiler.is_compiling():  # traced: autograd through log_softmax, which the compiler fuses
+        _, log_p_t, valid, safe_target = class_log_probs(input, target, ignore_index)
+        sample_weight = sample_weights(alpha_tensor, safe_target, valid)
+        focal = _FocalTerm.apply(log_p_t, gamma)
+        if alpha_tensor is not None:
+            focal = focal * sample_weight
+        per_sample = torch.where(valid, focal, torch.zeros_like(focal))
+    else:  # eager: the closed-form gradient, computed in place (see _SoftmaxFocal)
+        valid = target != ignore_index
+        safe_target = torch.where(valid, target, torch.zeros_like(target)).long()
+        sample_weight = sample_weights(alpha_tensor, safe_target, valid)
+        weight = None if alpha_tensor is None else sample_weight
+        per_sample, log_p_t = _SoftmaxFocal.apply(upcast(input), safe_target, weight, valid, gamma)
     loss = reduce_loss(per_sample, reduction, sample_weight.sum())
     return LossOutput(loss, per_sample, log_p_t.detach().exp(), valid, target, "multiclass", input.shape[1])
 
 
 def _alpha_vector(alpha: Tensor | ClassWeight, input: Tensor) -> Tensor:
-    if not (isinstance(alpha, Tensor) and alpha.dtype == torch.float32):
-        checked = as_class_weight("alpha", alpha, at_most_one=True)
-        if checked is None:
-            raise ValueError("Expected argument `alpha` to be one weight per class, but got None.")
-        alpha = checked.to(input.device)
-    check_class_weight_length("alpha", alpha, input.shape[1])
-    check_same_device(input=input, alpha=alpha)
-    return alpha
+    if isinstance(alpha, Tensor):
+        check_same_device(input=input, alpha=alpha)
+    if isinstance(alpha, Tensor) and alpha.dtype == torch.float32 and torch.compiler.is_compiling():
+        checked: Tensor | None = alpha  # checking the values needs a host sync: a graph break
+    else:
+        checked = as_class_weight("alpha", alpha, at_most_one=True)  # a tensor may hold anything
+    if checked is None:
+        raise ValueError("Expected argument `alpha` to be one weight per class, but got None.")
+    check_class_weight_length("alpha", checked, input.shape[1])
+    return checked.to(input.device)
 
 
 def focal_loss(
@@ -154,51 +231,6 @@ def focal_loss(
         tensor(0.0041)
     """
     return focal_loss_output(input, target, gamma, alpha, ignore_index, reduction, validate_args).loss
-
-
-def _binary_focal_forward(input: Tensor, target: Tensor, gamma: float, alpha: float | None) -> Tensor:
-    one_minus_p_t = target * torch.sigmoid(-input) + (1 - target) * torch.sigmoid(input)
-    loss = one_minus_p_t.pow(gamma) * F.binary_cross_entropy_with_logits(input, target, reduction="none")
-    if alpha is not None:
-        loss = loss * (alpha * target + (1 - alpha) * (1 - target))
-    return loss
-
-
-def _binary_focal_grad(input: Tensor, target: Tensor, gamma: float, alpha: float | None) -> Tensor:
-    r"""d/dx of :math:`\alpha_t (1-p_t)^\gamma \mathrm{BCE}(x, t)`.
-
-    With :math:`q = 1 - p_t = t\,\sigma(-x) + (1-t)\,\sigma(x)`, :math:`dq/dx = (1-2t)\,\sigma(x)\sigma(-x)`
-    and :math:`d(q^\gamma)/dx = \gamma q^\gamma (1-2t)\, \sigma(x)\sigma(-x)/q`, whose last factor is
-    in [0, 1] for targets in [0, 1]; written that way it is finite where q underflows to 0.
-    """
-    sig, sig_neg = torch.sigmoid(input), torch.sigmoid(-input)
-    one_minus_p_t = target * sig_neg + (1 - target) * sig
-    modulation = one_minus_p_t.pow(gamma)
-    grad = modulation * (sig - target)
-    if gamma != 0:
-        positive = one_minus_p_t > 0
-        safe = torch.where(positive, one_minus_p_t, torch.ones_like(one_minus_p_t))
-        ratio = torch.where(positive, sig * sig_neg / safe, torch.zeros_like(safe))
-        bce = F.binary_cross_entropy_with_logits(input, target, reduction="none")
-        grad = grad + gamma * modulation * (1 - 2 * target) * ratio * bce
-    if alpha is not None:
-        grad = grad * (alpha * target + (1 - alpha) * (1 - target))
-    return grad
-
-
-class _BinaryFocal(torch.autograd.Function):
-    """Element-wise sigmoid focal loss; saves only its inputs and recomputes the rest in backward."""
-
-    @staticmethod
-    def forward(ctx: Any, input: Tensor, target: Tensor, gamma: float, alpha: float | None) -> Tensor:
-        ctx.save_for_backward(input, target)
-        ctx.gamma, ctx.alpha = gamma, alpha
-        return _binary_focal_forward(input, target, gamma, alpha)
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None, None, None]:
-        input, target = ctx.saved_tensors
-        return grad_output * _binary_focal_grad(input, target, ctx.gamma, ctx.alpha), None, None, None
 
 
 def _check_binary_focal_args(gamma: float, alpha: float | None, normalization: str) -> tuple[float, float | None]:
@@ -249,22 +281,47 @@ def binary_focal_loss_output(
         >>> [round(v, 5) for v in out.per_sample.tolist()]
         [0.04332, 3e-05]
     """
+    gamma, alpha = _check_binary_focal_inputs(input, target, gamma, alpha, reduction, normalization)
+    per_sample, p_t = _binary_focal_elementwise(input, target, gamma, alpha, validate_args, with_p_t=True)
+    loss = reduce_loss(per_sample, reduction, _binary_focal_denominator(target, normalization, per_sample.dtype))
+    valid = torch.ones_like(per_sample, dtype=torch.bool)
+    return LossOutput(loss, per_sample, p_t, valid, target, "binary", binary_num_classes(input))
+
+
+def _check_binary_focal_inputs(
+    input: Tensor, target: Tensor, gamma: float, alpha: float | None, reduction: str, normalization: str
+) -> tuple[float, float | None]:
+    """Argument and tensor checks; target *values* are checked where the loss is computed."""
     gamma, alpha = _check_binary_focal_args(gamma, alpha, normalization)
     check_reduction(reduction)
     check_floating("input", input)
-    check_probability_target(input, target, validate_args)
+    check_probability_target(input, target, validate_args=False)
     if target.requires_grad:
         raise ValueError(
             "Expected `target` not to require grad: the focal loss is not differentiated with respect to "
             "its targets. Pass `target.detach()`."
         )
+    return gamma, alpha
+
+
+def _binary_focal_elementwise(
+    input: Tensor, target: Tensor, gamma: float, alpha: float | None, validate_args: bool, with_p_t: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Element-wise losses (and p_t, detached) in at least float32; checks target values if asked."""
+    if use_chunked_kernel(input):
+        # validates chunk by chunk, at no extra pass (see BinaryFocalSum)
+        per_sample, p_t = BinaryFocalElementwise.apply(input, target, gamma, alpha, validate_args, with_p_t)
+        return per_sample, p_t if with_p_t else None
+    check_probability_target(input, target, validate_args)
     compute_input, compute_target = upcast(input), upcast(target)
-    per_sample = _BinaryFocal.apply(compute_input, compute_target, gamma, alpha)
-    denominator = compute_target.sum().clamp_min(1.0) if normalization == "positives" else None
-    loss = reduce_loss(per_sample, reduction, denominator)
-    p_t = binary_probability_of_target(compute_input, compute_target)
-    valid = torch.ones_like(per_sample, dtype=torch.bool)
-    return LossOutput(loss, per_sample, p_t, valid, target, "binary", binary_num_classes(input))
+    per_sample = BinaryFocal.apply(compute_input, compute_target, gamma, alpha)
+    p_t = binary_probability_of_target(compute_input, compute_target) if with_p_t else None
+    return per_sample, p_t
+
+
+def _binary_focal_denominator(target: Tensor, normalization: str, dtype: torch.dtype) -> Tensor | None:
+    """Denominator of ``"mean"``: the number of positives (at least 1), or ``None`` for every element."""
+    return target.sum(dtype=dtype).clamp_min(1.0) if normalization == "positives" else None
 
 
 def binary_focal_loss(
@@ -282,4 +339,15 @@ def binary_focal_loss(
         >>> binary_focal_loss(torch.tensor([0.0, 3.0]), torch.tensor([1.0, 0.0]), alpha=None)
         tensor(1.4698)
     """
-    return binary_focal_loss_output(input, target, gamma, alpha, reduction, normalization, validate_args).loss
+    gamma, alpha = _check_binary_focal_inputs(input, target, gamma, alpha, reduction, normalization)
+    if reduction != "none" and use_chunked_kernel(input):
+        # the sum, chunk by chunk: no per-element losses and no p_t are materialized
+        total = BinaryFocalSum.apply(input, target, gamma, alpha, validate_args, torch.is_grad_enabled())
+        if reduction == "sum":
+            return total
+        denominator = _binary_focal_denominator(target, normalization, total.dtype)
+        if denominator is None:
+            denominator = torch.tensor(float(input.numel()), dtype=total.dtype)
+        return reduce_loss(total, "mean", denominator)
+    per_sample, _ = _binary_focal_elementwise(input, target, gamma, alpha, validate_args, with_p_t=False)
+    return reduce_loss(per_sample, reduction, _binary_focal_denominator(target, normalization, per_sample.dtype))

@@ -80,6 +80,10 @@ class BaseLoss(nn.Module):
         """:meth:`evaluate` on what this loss consumes from a model output (tensor or mapping)."""
         return self.evaluate(select_input(output, self.input_kind, type(self).__name__), target)  # type: ignore[arg-type]
 
+    def forward_output(self, output: ModelOutput, target: Tensor) -> Tensor:
+        """:meth:`forward` on what this loss consumes from a model output (tensor or mapping)."""
+        return self(select_input(output, self.input_kind, type(self).__name__), target)  # type: ignore[arg-type]
+
     def set_class_counts(self, class_counts: Sequence[int] | Tensor) -> None:
         """Resolve weights given as a strategy (``alpha="inverse_frequency"``) from training class counts.
 

@@ -11,6 +11,7 @@ from lossplug.functional._validation import AlphaStrategy, Reduction
 from lossplug.functional.focal import (
     Normalization,
     _check_binary_focal_args,
+    binary_focal_loss,
     binary_focal_loss_output,
     focal_loss_output,
 )
@@ -92,6 +93,10 @@ class BinaryFocalLoss(BaseLoss):
         self.reduction: Reduction = reduction
         self.normalization: Normalization = normalization
         self.validate_args = validate_args
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        # the loss alone: for "mean" and "sum" no per-element losses or p_t are built
+        return binary_focal_loss(input, target, self.gamma, self.alpha, self.reduction, self.normalization, self.validate_args)
 
     def evaluate(self, input: Tensor, target: Tensor) -> LossOutput:
         return binary_focal_loss_output(

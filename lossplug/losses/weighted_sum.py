@@ -105,6 +105,12 @@ class WeightedSum(BaseLoss):
             terms=term_outputs,
         )
 
+    def forward(self, input: ModelOutput, target: Tensor) -> Tensor:  # type: ignore[override]
+        return self.evaluate_output(input, target).loss
+
+    def forward_output(self, output: ModelOutput, target: Tensor) -> Tensor:
+        return self.evaluate_output(output, target).loss
+
     def _terms(self) -> dict[str, BaseLoss]:
         return dict(self.terms.items())  # type: ignore[arg-type]
 
