@@ -116,8 +116,9 @@ def binary_focal_grad(input: Tensor, target: Tensor, gamma: float, alpha: float 
 
 
 def binary_probability_of_target(input: Tensor, target: Tensor) -> Tensor:
-    """p_t = p t + (1 - p)(1 - t) with p = sigmoid(input), without cancellation."""
-    return target * torch.sigmoid(input) + (1 - target) * torch.sigmoid(-input)
+    """p_t = p t + (1 - p)(1 - t) with p = sigmoid(input), without cancellation; detached."""
+    with torch.no_grad():
+        return target * torch.sigmoid(input) + (1 - target) * torch.sigmoid(-input)
 
 
 class BinaryFocal(torch.autograd.Function):

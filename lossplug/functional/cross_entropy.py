@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lossplug.functional._kernels import binary_probability_of_target
 from lossplug.functional._reduction import reduce_loss
 from lossplug.functional._validation import (
     ClassWeight,
@@ -223,12 +224,6 @@ def balanced_cross_entropy(
 ) -> Tensor:
     """Alpha-balanced cross-entropy, as :func:`balanced_cross_entropy_output` but returning only the loss."""
     return balanced_cross_entropy_output(input, target, alpha, ignore_index, reduction, validate_args).loss
-
-
-def binary_probability_of_target(input: Tensor, target: Tensor) -> Tensor:
-    r"""p_t = p t + (1 - p)(1 - t) with p = sigmoid(input), without cancellation; detached."""
-    with torch.no_grad():
-        return target * torch.sigmoid(input) + (1 - target) * torch.sigmoid(-input)
 
 
 def binary_cross_entropy_output(

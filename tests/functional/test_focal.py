@@ -621,3 +621,22 @@ ERROR_CASES: ErrorCases = {
 @parametrize_error_cases(ERROR_CASES)
 def test_bad_input_raises(call: Callable[[], object], error: type[Exception], message: str) -> None:
     assert_raises_message(call, error, message)
+
+
+def test_whole_tensor_path_matches_the_chunked_path_and_detaches_p_t(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other devices than the CPU (and torch.compile) take the whole-tensor form: same values, p_t detached."""
+    from lossplug.functional import focal as focal_module
+
+    generator = torch.Generator().manual_seed(3)
+    logits = (4 * torch.randn(64, 5, generator=generator)).requires_grad_()
+    target = torch.rand(64, 5, generator=generator)
+    chunked = binary_focal_loss_output(logits, target, gamma=1.5, alpha=0.3, reduction="none")
+    (chunked_grad,) = torch.autograd.grad(chunked.per_sample.sum(), logits)
+    monkeypatch.setattr(focal_module, "use_chunked_kernel", lambda input: False)
+    whole = binary_focal_loss_output(logits, target, gamma=1.5, alpha=0.3, reduction="none")
+    (whole_grad,) = torch.autograd.grad(whole.per_sample.sum(), logits)
+    assert whole.p_t is not None
+    assert not whole.p_t.requires_grad
+    torch.testing.assert_close(whole.per_sample, chunked.per_sample)
+    torch.testing.assert_close(whole.p_t, chunked.p_t)
+    torch.testing.assert_close(whole_grad, chunked_grad)
