@@ -106,6 +106,25 @@ def as_class_weight(name: str, value: ClassWeight | None, *, at_most_one: bool) 
     return weight
 
 
+def alpha_vector(alpha: Tensor | ClassWeight, input: Tensor) -> Tensor:
+    """A user's ``alpha`` (one weight per class, in [0, 1]) as a float32 vector on ``input``'s device.
+
+    A tensor must already be on ``input``'s device. Its values are checked (one host-device sync),
+    except while ``torch.compile`` traces, where that would break the graph.
+    """
+    if isinstance(alpha, Tensor):
+        check_same_device(input=input, alpha=alpha)
+    if isinstance(alpha, Tensor) and alpha.dtype == torch.float32 and torch.compiler.is_compiling():
+        checked: Tensor | None = alpha
+    else:
+        checked = as_class_weight("alpha", alpha, at_most_one=True)
+    if checked is None:
+        raise ValueError("Expected argument `alpha` to be one weight per class, but got None.")
+    if input.ndim >= 2:
+        check_class_weight_length("alpha", checked, input.shape[1])
+    return checked.to(input.device)
+
+
 def check_class_weight_length(name: str, weight: Tensor | None, num_classes: int) -> None:
     """Raise unless ``weight`` is ``None`` or has one entry per class."""
     if weight is not None and weight.numel() != num_classes:

@@ -11,7 +11,7 @@ from lossplug.functional._reduction import reduce_loss
 from lossplug.functional._validation import (
     ClassWeight,
     Reduction,
-    as_class_weight,
+    alpha_vector,
     check_class_weight_length,
     check_floating,
     check_index_target,
@@ -43,10 +43,15 @@ def class_log_probs(input: Tensor, target: Tensor, ignore_index: int) -> tuple[T
         entries replaced by class 0 (safe to gather with; ``log_p_t`` there is meaningless).
     """
     log_probs = upcast(input).log_softmax(dim=1)
-    valid = target != ignore_index
-    safe_target = torch.where(valid, target, torch.zeros_like(target)).long()
+    valid, safe_target = counted_targets(target, ignore_index)
     log_p_t = log_probs.gather(1, safe_target.unsqueeze(1)).squeeze(1)
     return log_probs, log_p_t, valid, safe_target
+
+
+def counted_targets(target: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
+    """The mask of samples that count, and the target with ignored entries set to class 0 (safe to gather with)."""
+    valid = target != ignore_index
+    return valid, torch.where(valid, target, torch.zeros_like(target)).long()
 
 
 def sample_weights(weight: Tensor | None, safe_target: Tensor, valid: Tensor) -> Tensor:
@@ -196,22 +201,13 @@ def balanced_cross_entropy_output(
         tensor(0.2667)
     """
     check_floating("input", input)
-    alpha_tensor = _as_alpha(alpha, input)
+    alpha_tensor = alpha_vector(alpha, input)
     if isinstance(target, Tensor) and target.is_floating_point():
         raise TypeError(
             f"Expected `target` to hold integer class indices (int64), but got dtype {target.dtype}. "
             "Class-probability targets are taken by `cross_entropy`."
         )
     return cross_entropy_output(input, target, alpha_tensor, ignore_index, 0.0, reduction, validate_args)
-
-
-def _as_alpha(alpha: Tensor | ClassWeight, input: Tensor) -> Tensor:
-    checked = as_class_weight("alpha", alpha, at_most_one=True)
-    if checked is None:
-        raise ValueError("Expected argument `alpha` to be one weight per class, but got None.")
-    if input.ndim >= 2:
-        check_class_weight_length("alpha", checked, input.shape[1])
-    return checked.to(input.device)
 
 
 def balanced_cross_entropy(

@@ -24,8 +24,7 @@ from lossplug.functional._reduction import reduce_loss
 from lossplug.functional._validation import (
     ClassWeight,
     Reduction,
-    as_class_weight,
-    check_class_weight_length,
+    alpha_vector,
     check_floating,
     check_index_target,
     check_logits,
@@ -33,9 +32,14 @@ from lossplug.functional._validation import (
     check_option,
     check_probability_target,
     check_reduction,
-    check_same_device,
 )
-from lossplug.functional.cross_entropy import binary_num_classes, class_log_probs, sample_weights, upcast
+from lossplug.functional.cross_entropy import (
+    binary_num_classes,
+    class_log_probs,
+    counted_targets,
+    sample_weights,
+    upcast,
+)
 from lossplug.output import LossOutput
 
 Normalization: TypeAlias = Literal["elements", "positives"]
@@ -183,7 +187,7 @@ def focal_loss_output(
     check_logits(input)
     gamma = _check_gamma(gamma)
     check_reduction(reduction)
-    alpha_tensor = None if alpha is None else _alpha_vector(alpha, input)
+    alpha_tensor = None if alpha is None else alpha_vector(alpha, input)
     check_index_target(input, target, ignore_index, validate_args)
     if torch.compiler.is_compiling():  # traced: autograd through log_softmax, which the compiler fuses
         _, log_p_t, valid, safe_target = class_log_probs(input, target, ignore_index)
@@ -193,26 +197,12 @@ def focal_loss_output(
             focal = focal * sample_weight
         per_sample = torch.where(valid, focal, torch.zeros_like(focal))
     else:  # eager: the closed-form gradient, computed in place (see _SoftmaxFocal)
-        valid = target != ignore_index
-        safe_target = torch.where(valid, target, torch.zeros_like(target)).long()
+        valid, safe_target = counted_targets(target, ignore_index)
         sample_weight = sample_weights(alpha_tensor, safe_target, valid)
         weight = None if alpha_tensor is None else sample_weight
         per_sample, log_p_t = _SoftmaxFocal.apply(upcast(input), safe_target, weight, valid, gamma)
     loss = reduce_loss(per_sample, reduction, sample_weight.sum())
     return LossOutput(loss, per_sample, log_p_t.detach().exp(), valid, target, "multiclass", input.shape[1])
-
-
-def _alpha_vector(alpha: Tensor | ClassWeight, input: Tensor) -> Tensor:
-    if isinstance(alpha, Tensor):
-        check_same_device(input=input, alpha=alpha)
-    if isinstance(alpha, Tensor) and alpha.dtype == torch.float32 and torch.compiler.is_compiling():
-        checked: Tensor | None = alpha  # checking the values needs a host sync: a graph break
-    else:
-        checked = as_class_weight("alpha", alpha, at_most_one=True)  # a tensor may hold anything
-    if checked is None:
-        raise ValueError("Expected argument `alpha` to be one weight per class, but got None.")
-    check_class_weight_length("alpha", checked, input.shape[1])
-    return checked.to(input.device)
 
 
 def focal_loss(
