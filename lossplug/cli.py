@@ -28,10 +28,6 @@ from lossplug.models import DemoClassifier
 
 DEFAULT_CONFIG = str(files("lossplug") / "configs" / "default.yaml")
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-# what the data module and the model know, filled into any loss (also WeightedSum terms) left unset
-_DATA_LINKS = {"num_classes": "num_classes"}
-_MODEL_LINKS = {"embedding_dim": "embedding_dim", "feature_dim": "embedding_dim"}
-
 
 def available_losses() -> list[str]:
     """Names of the lossplug losses a config can pick by short name."""
@@ -134,19 +130,16 @@ def _fill_loss_dimensions(config: Namespace) -> None:
     A link reaches only ``model.loss`` itself; this also reaches :class:`WeightedSum` terms, so that
     no config repeats what the data module and the model already say.
     """
-    data_values = {"num_classes": DigitsDataModule.num_classes}
-    model_values = {"embedding_dim": config.model.get("embedding_dim")}
+    embedding_dim = config.model.get("embedding_dim")
+    known = {"num_classes": DigitsDataModule.num_classes, "embedding_dim": embedding_dim, "feature_dim": embedding_dim}
 
     def visit(node: Any) -> None:
         if isinstance(node, Namespace):
             init_args = node.get("init_args")
             if isinstance(init_args, Namespace):
-                for key, source in _DATA_LINKS.items():
+                for key, value in known.items():
                     if key in init_args and init_args[key] is None:
-                        init_args[key] = data_values[source]
-                for key, source in _MODEL_LINKS.items():
-                    if key in init_args and init_args[key] is None:
-                        init_args[key] = model_values[source]
+                        init_args[key] = value
             for value in vars(node).values():
                 visit(value)
         elif isinstance(node, dict):
