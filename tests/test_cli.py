@@ -143,4 +143,4 @@ def test_fit_ends_with_a_test_summary_and_writes_the_diagnostics(capsys: pytest.
     run = Path("lightning_logs") / "version_0"
     for name in ("metrics.csv", "per_class_loss.csv", "hardness_histogram.csv", "hardness_histogram.png"):
         assert (run / name).exists(), name
-    assert "Hardness · train · epoch 0" in out
+    assert "Hardness · epoch 0" in out

@@ -1,8 +1,10 @@
 r"""Device-side accumulation shared by the diagnostics callbacks.
 
-Every observed :class:`~lossplug.output.LossOutput` becomes one ``index_add_`` into a float64
-table of sums that lives on the model's device: no host-device synchronization per step, and no
-second loss computation. At the end of an epoch the table is summed over processes
+Observed :class:`~lossplug.output.LossOutput` records are kept, detached and by reference, until
+about a million values have gathered (:data:`FLUSH_VALUES`) or the epoch ends; then they are
+concatenated and added with one ``index_add_`` into a float64 table of sums that lives on the
+model's device. A step costs a list append: no tensor operation, no host-device synchronization,
+and no second loss computation. At the end of an epoch the table is summed over processes
 (:class:`StatisticSums` is a torchmetrics ``Metric`` whose one state has ``dist_reduce_fx="sum"``),
 and only then are means and shares formed.
 
@@ -14,6 +16,7 @@ does not change them in practice.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -24,6 +27,10 @@ from lossplug.output import LossOutput, Task
 
 GROUPS_MULTICLASS: tuple[str, ...] = ("all",)
 GROUPS_BINARY: tuple[str, ...] = ("all", "positive", "negative")
+FLUSH_VALUES = 1 << 20
+"""Observed per-sample values kept per stage before they are added to the table (about 17 MB on the
+device for float32 losses and p_t, int64 targets): small steps are added once per epoch, large
+ones (dense prediction) at once."""
 CATEGORIES: tuple[str, ...] = ("hard", "medium", "easy")
 """The hardness categories, in the order of increasing p_t (as stored)."""
 
@@ -52,6 +59,10 @@ class StatisticSums(Metric):
 
     def update(self, index: Tensor | None, values: Tensor) -> None:  # type: ignore[override]
         """Add ``values`` ``(M, columns)`` to the rows ``index`` ``(M,)``, or a whole table when ``index`` is None."""
+        self.add(index, values)
+
+    def add(self, index: Tensor | None, values: Tensor) -> None:
+        """:meth:`update` without torchmetrics' bookkeeping around it (which costs more than the addition)."""
         if index is None:
             self.sums.add_(values)
         else:
@@ -84,24 +95,76 @@ def layout_of(output: LossOutput) -> Layout:
     return Layout(output.task, int(output.num_classes), tuple(output.terms), output.p_t is not None)
 
 
-def per_class_increment(output: LossOutput, dtype: torch.dtype) -> tuple[Tensor | None, Tensor]:
-    """The rows and values to add to a per-class table for one output.
+class Observed(NamedTuple):
+    """What the statistics read of one or more observed outputs, concatenated over their samples.
+
+    Multiclass: every field is ``(M,)``, one entry per counted position (sample, pixel). Binary and
+    multi-label: ``(M, C)``, the class (target column, dim 1 of the output) last; a plain binary
+    target ``(N,)`` is one column.
+    """
+
+    task: Task
+    per_sample: Tensor
+    p_t: Tensor | None
+    valid: Tensor
+    target: Tensor
+    term_losses: tuple[Tensor, ...]
+
+
+def observed(outputs: Sequence[LossOutput], with_p_t: bool = True, with_terms: bool = True) -> Observed:
+    """Flatten and concatenate the fields of ``outputs`` (all of one :class:`Layout`) that the statistics read.
+
+    ``with_p_t=False`` leaves p_t out (None) and ``with_terms=False`` the terms' losses (empty), for
+    statistics that do not read them.
+    """
+    binary = outputs[0].task == "binary"
+
+    def flat(field: Tensor) -> Tensor:
+        if not binary:
+            return field.reshape(-1)
+        if field.ndim < 2:
+            return field.reshape(-1, 1)
+        return field.movedim(1, -1).reshape(-1, field.shape[1])
+
+    def joined(fields: list[Tensor]) -> Tensor:
+        if len(fields) == 1:
+            return flat(fields[0])
+        tail = fields[0].shape[1:]
+        if all(field.shape[1:] == tail for field in fields):  # the usual case: one cat, one reshape
+            return flat(torch.cat(fields))
+        return torch.cat([flat(field) for field in fields])
+
+    p_t = [output.p_t for output in outputs if output.p_t is not None]
+    return Observed(
+        task=outputs[0].task,
+        per_sample=joined([output.per_sample for output in outputs]),
+        p_t=joined(p_t) if with_p_t and len(p_t) == len(outputs) else None,
+        valid=joined([output.valid for output in outputs]),
+        target=joined([output.target for output in outputs]),
+        term_losses=tuple(
+            joined([output.terms[name].per_sample for output in outputs])
+            for name in (outputs[0].terms if with_terms else ())
+        ),
+    )
+
+
+def counted_values(valid: Tensor, losses: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
+    """``(..., 1 + len(losses))`` in ``dtype``: 1 and the losses where ``valid``, zeros elsewhere (NaN included)."""
+    return torch.where(valid.unsqueeze(-1), torch.stack([valid, *losses], dim=-1), 0.0).to(dtype)
+
+
+def per_class_increment(batch: Observed, dtype: torch.dtype) -> tuple[Tensor | None, Tensor]:
+    """The rows and values to add to a per-class table for observed outputs.
 
     Columns: count, total loss, then each :class:`~lossplug.losses.WeightedSum` term's (weighted)
     loss, in the order of ``output.terms``. Multiclass: a sample counts for its target class.
-    Binary and multi-label: each element counts for its column (dim 1), so the increment is a
-    whole ``(C, columns)`` table (``index`` None).
+    Binary and multi-label: each element counts for its column, so the increment is a whole
+    ``(C, columns)`` table (``index`` None).
     """
-    valid = output.valid
-    columns = [valid.to(dtype), torch.where(valid, output.per_sample.to(dtype), 0.0)]
-    columns += [torch.where(valid, term.per_sample.to(dtype), 0.0) for term in output.terms.values()]
-    values = torch.stack(columns, dim=-1)
-    if output.task == "binary":
-        if values.ndim < 3:  # a plain binary target (N,) is one class
-            return None, values.sum(dim=0, keepdim=True)
-        return None, values.movedim(1, 0).reshape(output.num_classes, -1, len(columns)).sum(dim=1)
-    index = torch.where(valid, output.target, 0).reshape(-1).long()
-    return index, values.reshape(index.numel(), len(columns))
+    values = counted_values(batch.valid, [batch.per_sample, *batch.term_losses], dtype)
+    if batch.task == "binary":
+        return None, values.sum(dim=0)
+    return torch.where(batch.valid, batch.target, 0).long(), values
 
 
 class HardnessBins:
@@ -127,10 +190,8 @@ class HardnessBins:
         # a threshold of 1 makes the point cell [1, 1]: only p_t = 1 is easy then
         lows = sorted({*self.edges[:-1], hard_threshold, easy_threshold})
         self.cell_lows = lows
-        self.cell_bin = torch.tensor([min(bisect.bisect_right(self.edges, low) - 1, bins - 1) for low in lows])
-        self.cell_category = torch.tensor(
-            [0 if low < hard_threshold else 2 if low >= easy_threshold else 1 for low in lows]
-        )
+        self.cell_bin = [min(bisect.bisect_right(self.edges, low) - 1, bins - 1) for low in lows]
+        self.cell_category = [0 if low < hard_threshold else 2 if low >= easy_threshold else 1 for low in lows]
         # NaN is mapped to 2, beyond this last boundary, into the NaN row; p_t a rounding error above 1 stays in the last cell
         self.boundaries = torch.tensor([*lows[1:], 1.5], dtype=torch.float64)
         self._device_boundaries: dict[tuple[torch.device, torch.dtype], Tensor] = {}
@@ -142,8 +203,11 @@ class HardnessBins:
     def groups(self, task: Task) -> tuple[str, ...]:
         return GROUPS_BINARY if task == "binary" else GROUPS_MULTICLASS
 
-    def increment(self, output: LossOutput, p_t: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """Rows and values (count, loss) to add to a hardness table for one output."""
+    def increment(self, batch: Observed, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Rows and values (count, loss) to add to a hardness table for observed outputs (with p_t)."""
+        if batch.p_t is None:
+            raise ValueError("HardnessBins.increment needs p_t, but the observed outputs have none.")
+        p_t = batch.p_t.reshape(-1)
         # p_t is compared with the edges at its own precision (float32 at least): a p_t of 0.9 in
         # float32 is in the bin that starts at 0.9, although it is a little less than 0.9
         precision = torch.float64 if p_t.dtype == torch.float64 else torch.float32
@@ -151,18 +215,24 @@ class HardnessBins:
         boundaries = self._device_boundaries.get(key)
         if boundaries is None:
             boundaries = self._device_boundaries[key] = self.boundaries.to(p_t.device, precision)
-        rows = torch.bucketize(torch.nan_to_num(p_t.reshape(-1).to(precision), nan=2.0), boundaries, right=True)
-        valid = output.valid.reshape(-1)
-        values = torch.stack([valid.to(dtype), torch.where(valid, output.per_sample.reshape(-1).to(dtype), 0.0)], -1)
-        if output.task == "binary":
-            group = (output.target.reshape(-1) <= 0.5).long().add_(1)
+        rows = torch.bucketize(torch.nan_to_num(p_t.to(precision), nan=2.0), boundaries, right=True)
+        values = counted_values(batch.valid.reshape(-1), [batch.per_sample.reshape(-1)], dtype)
+        if batch.task == "binary":
+            group = (batch.target.reshape(-1) <= 0.5).long().add_(1)
             rows = torch.cat([rows, rows + group * self.rows_per_group])
             values = torch.cat([values, values])
         return rows, values
 
-    def split(self, block: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One group's reduced rows -> per bin, NaN and per category (hard, medium, easy), each (count, loss)."""
-        cells, nan = block[:-1], block[-1]
-        per_bin = torch.zeros(self.bins, 2, dtype=block.dtype).index_add_(0, self.cell_bin, cells)
-        per_category = torch.zeros(len(CATEGORIES), 2, dtype=block.dtype).index_add_(0, self.cell_category, cells)
-        return per_bin, nan, per_category
+    def split(self, block: Sequence[Sequence[float]]) -> tuple[list[list[float]], list[float], list[list[float]]]:
+        """One group's reduced rows -> per bin, NaN and per category (hard, medium, easy), each [count, loss].
+
+        In Python, not in tensors: the table is a few dozen numbers, fewer than the operations it would take.
+        """
+        per_bin = [[0.0, 0.0] for _ in range(self.bins)]
+        per_category = [[0.0, 0.0] for _ in CATEGORIES]
+        for (count, loss), bin_index, category in zip(block[:-1], self.cell_bin, self.cell_category, strict=True):
+            per_bin[bin_index][0] += count
+            per_bin[bin_index][1] += loss
+            per_category[category][0] += count
+            per_category[category][1] += loss
+        return per_bin, list(block[-1]), per_category

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import os
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar, Literal, TypeAlias, get_args
+from typing import Any, ClassVar, Literal, NamedTuple, TextIO, TypeAlias, get_args
 
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from rich.console import Console
 from typing_extensions import override
 
-from lossplug.callbacks._accumulate import Layout, StatisticSums, layout_of
+from lossplug.callbacks._accumulate import FLUSH_VALUES, Layout, Observed, StatisticSums, layout_of, observed
 from lossplug.functional._validation import check_option
 from lossplug.losses.base import BaseLoss
 from lossplug.mixin import LossMixin
@@ -25,6 +28,7 @@ from lossplug.output import LossOutput
 Stage: TypeAlias = Literal["train", "validate", "test"]
 """A stage whose loss statistics a callback collects (the values of ``trainer.state.stage``)."""
 
+_STAGE_ORDER = {"train": 0, "validate": 1, "test": 2}
 _STEP_METHOD = {"train": "training_step", "validate": "validation_step", "test": "test_step"}
 _OBSERVED_IN: dict[str, tuple[Stage, ...]] = {
     "fit": ("train", "validate"),
@@ -32,6 +36,11 @@ _OBSERVED_IN: dict[str, tuple[Stage, ...]] = {
     "test": ("test",),
 }
 """The stages each of the trainer's entry points (``setup``'s ``stage``) runs."""
+
+
+def stage_order(stage: str) -> int:
+    """Where ``stage`` goes when stages are shown together: train, validate, test."""
+    return _STAGE_ORDER.get(stage, len(_STAGE_ORDER))
 
 
 def check_stages(stages: object) -> tuple[Stage, ...]:
@@ -45,6 +54,22 @@ def check_stages(stages: object) -> tuple[Stage, ...]:
     return tuple(dict.fromkeys(stages))
 
 
+class StageReport(NamedTuple):
+    """One stage's finished epoch on rank zero, computed and waiting to be written."""
+
+    stage: str
+    epoch: int
+    step: int
+    rows: list[Sequence[Any]]
+    """CSV rows."""
+    metrics: dict[str, float]
+    """Scalars for the loggers."""
+    histograms: list[Histogram]
+    """Histograms for TensorBoard."""
+    summary: Any
+    """What the callback shows in the console (its own type)."""
+
+
 class _StageRecord:
     """One stage's accumulation for the epoch that is running."""
 
@@ -52,22 +77,30 @@ class _StageRecord:
         self.sums: StatisticSums | None = None
         self.layout: Layout | None = None
         self.batches = 0
+        self.pending: list[LossOutput] = []  # observed, not yet added to `sums`
+        self.pending_values = 0
 
 
 class LossStatisticsCallback(Callback):
     """Base of the diagnostics callbacks: observes a :class:`~lossplug.mixin.LossMixin` model's loss.
 
     Subclasses say what to add to the device table per observed output (:meth:`_increment`), how
-    large the table is (:meth:`_table_shape`) and what to do with the reduced table at the end of
-    an epoch (:meth:`_epoch_finished`, rank zero only); this class runs the rest: registration,
-    per-stage accumulation, reduction over processes, the CSV and its resumption.
+    large the table is (:meth:`_table_shape`), what the reduced table of an epoch reports
+    (:meth:`_epoch_finished`, rank zero only) and how it is shown (:meth:`_show`); this class runs
+    the rest: registration, per-stage accumulation, reduction over processes, the CSV and the
+    loggers, and resumption.
+
+    A validation that runs inside a training epoch is written together with that epoch's training
+    statistics, when the training epoch ends: one CSV write, one logger call per step and one
+    console summary per epoch, instead of one per stage.
     """
 
     csv_name: ClassVar[str]
     csv_header: ClassVar[tuple[str, ...]]
 
-    def __init__(self, stages: Sequence[Stage], dirpath: str | None, verbose: bool) -> None:
+    def __init__(self, stages: Sequence[Stage], dirpath: str | None, verbose: bool, log_scalars: bool) -> None:
         self.stages = check_stages(stages)
+        self.log_scalars = bool(log_scalars)
         if dirpath is not None and not isinstance(dirpath, str | os.PathLike):
             raise TypeError(f"Expected argument `dirpath` to be a path or None, but got {type(dirpath).__name__}.")
         self.dirpath = None if dirpath is None else os.fspath(dirpath)
@@ -76,17 +109,25 @@ class LossStatisticsCallback(Callback):
         self._tables: dict[str, StatisticSums] = {}
         self._log_dir: str | None = None
         self._csv_path: str | None = None
+        self._csv_file: TextIO | None = None  # open for appending while a run writes it
         self._written: list[tuple[int, str]] = []
         self._restored: dict[str, Any] | None = None
         self._observed_any = False
         self._warned_stages: set[str] = set()
+        self._state_key: tuple[object, str] = (None, "")
+        self._unpublished: list[StageReport] = []
+        self._unwritten: list[tuple[int, str]] = []
 
     # -- what subclasses provide ---------------------------------------------------------------------
     def _table_shape(self, layout: Layout) -> tuple[int, int]:
         raise NotImplementedError
 
-    def _increment(self, output: LossOutput, dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def _increment(self, batch: Observed, dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor]:
         raise NotImplementedError
+
+    def _observed(self, outputs: list[LossOutput]) -> Observed:
+        """The outputs' fields that :meth:`_increment` reads, concatenated."""
+        return observed(outputs)
 
     def _check_output(self, output: LossOutput) -> None:
         """Raise when this callback cannot use ``output`` (called once per stage and epoch)."""
@@ -99,9 +140,12 @@ class LossStatisticsCallback(Callback):
         epoch: int,
         layout: Layout,
         table: torch.Tensor,
-    ) -> list[Sequence[Any]]:
-        """Log and print one stage's reduced table (rank zero); return its CSV rows."""
+    ) -> StageReport:
+        """One stage's report from its reduced table (rank zero): nothing is written yet."""
         raise NotImplementedError
+
+    def _show(self, trainer: pl.Trainer, reports: list[StageReport]) -> None:
+        """Show the reports that were just written (rank zero): the console, plots."""
 
     def _rows_restored(self, rows: list[dict[str, str]]) -> None:
         """Rows of earlier epochs carried over into the CSV when a run resumes."""
@@ -111,24 +155,46 @@ class LossStatisticsCallback(Callback):
 
     # -- the observer ---------------------------------------------------------------------------------
     def observe_loss(self, output: LossOutput, stage: str) -> None:
-        """Add one step's detached :class:`LossOutput` to the device sums of ``stage``."""
+        """Take one step's detached :class:`LossOutput` into the statistics of ``stage``.
+
+        The output is kept and added to the device sums together with the others of the epoch (or
+        once :data:`~lossplug.callbacks._accumulate.FLUSH_VALUES` values have gathered): one
+        batched addition costs what one step's would, and a step only appends to a list.
+        """
         if stage not in self.stages:
             return
         record = self._records.get(stage)
         if record is None:
             record = self._records[stage] = _StageRecord()
-        if record.sums is None or record.layout is None:
+        layout = record.layout
+        if record.sums is None or layout is None:
             self._check_output(output)
-            record.layout = layout_of(output)
-            record.sums = self._table(stage, record.layout, output.per_sample.device)
-        elif output.num_classes != record.layout.num_classes or output.task != record.layout.task:
+            record.layout = layout = layout_of(output)
+            record.sums = self._table(stage, layout, output.per_sample.device)
+        elif (
+            output.num_classes != layout.num_classes
+            or output.task != layout.task
+            or (output.p_t is not None) != layout.has_p_t
+            or len(output.terms) != len(layout.terms)
+        ):
             raise ValueError(
-                f"{type(self).__name__} got loss outputs of two kinds in one {stage} epoch: {record.layout} and then "
+                f"{type(self).__name__} got loss outputs of two kinds in one {stage} epoch: {layout} and then "
                 f"{layout_of(output)}. Use one loss (one number of classes) for every step of a stage."
             )
-        index, values = self._increment(output, record.sums.sums.dtype)
-        record.sums.update(index, values)
+        record.pending.append(output)
+        record.pending_values += output.per_sample.numel()
+        if record.pending_values >= FLUSH_VALUES:
+            self._flush(record)
         self._observed_any = True
+
+    def _flush(self, record: _StageRecord) -> None:
+        """Add the record's pending outputs to its device sums."""
+        if not record.pending or record.sums is None:
+            return
+        index, values = self._increment(self._observed(record.pending), record.sums.sums.dtype)
+        record.sums.add(index, values)
+        record.pending.clear()
+        record.pending_values = 0
 
     def _table(self, stage: str, layout: Layout, device: torch.device) -> StatisticSums:
         """The stage's device table, zeroed; kept from epoch to epoch while its shape and device stay."""
@@ -156,8 +222,11 @@ class LossStatisticsCallback(Callback):
         # trainer.log_dir is a collective (a broadcast from rank zero): resolve it here, on every rank
         self._log_dir = self.dirpath if self.dirpath is not None else (trainer.log_dir or trainer.default_root_dir)
         self._records.clear()
+        self._unpublished.clear()
+        self._unwritten.clear()
         if trainer.is_global_zero and self._csv_path is not None and self._csv_path != self.csv_path:
             # the same callback in a new run directory: a new CSV, and nothing of the old run in memory
+            self._close_csv()
             self._csv_path = None
             self._written.clear()
             self._new_run()
@@ -168,6 +237,13 @@ class LossStatisticsCallback(Callback):
             pl_module.remove_loss_observer(self)
         self._records.clear()
         self._tables.clear()
+        self._publish(trainer)
+        self._close_csv()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._publish(trainer)  # the stages that finished before the exception
+        self._close_csv()
 
     # -- the epoch life cycle -----------------------------------------------------------------------------
     def _start_stage(self, trainer: pl.Trainer, stage: str) -> None:
@@ -207,6 +283,7 @@ class LossStatisticsCallback(Callback):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._end_stage(trainer, pl_module, "train")
+        self._publish(trainer)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -236,13 +313,32 @@ class LossStatisticsCallback(Callback):
             if batches > 0:
                 self._no_statistics(pl_module, stage, batches, observed_any)
             return
+        self._flush(record)
         sums = record.sums if record.sums is not None else self._table(stage, layout, pl_module.device)
         table = sums.reduced()
         epoch = trainer.current_epoch
         if trainer.is_global_zero:
-            rows = self._epoch_finished(trainer, pl_module, stage, epoch, layout, table)
-            self._append_rows(rows)
-        self._written.append((epoch, stage))
+            self._unpublished.append(self._epoch_finished(trainer, pl_module, stage, epoch, layout, table))
+        self._unwritten.append((epoch, stage))
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if not (stage == "validate" and fitting and "train" in self.stages):
+            self._publish(trainer)
+        # else the training epoch this validation ran in publishes both: one write, one log call, one line
+
+    def _publish(self, trainer: pl.Trainer) -> None:
+        """Write the finished stages' reports: CSV rows, logger scalars and histograms, the console."""
+        reports, self._unpublished = self._unpublished, []
+        self._written += self._unwritten
+        self._unwritten = []
+        if not reports:
+            return
+        self._append_rows([row for report in reports for row in report.rows])
+        if self.log_scalars and trainer.loggers:
+            for step, at_step in itertools.groupby(reports, key=lambda report: report.step):
+                same_step = list(at_step)
+                metrics = {name: value for report in same_step for name, value in report.metrics.items()}
+                log_epoch(trainer, metrics, [histogram for report in same_step for histogram in report.histograms], step)
+        self._show(trainer, reports)
 
     def _no_statistics(self, pl_module: pl.LightningModule, stage: str, batches: int, observed_any: bool) -> None:
         loss = pl_module.__dict__.get("_modules", {}).get("loss")
@@ -313,6 +409,7 @@ class LossStatisticsCallback(Callback):
                 stacklevel=2,
             )
         os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        self._close_csv()
         partial = target + ".partial"
         with open(partial, "w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=list(self.csv_header))
@@ -327,20 +424,40 @@ class LossStatisticsCallback(Callback):
         if target is None:
             raise RuntimeError(f"{type(self).__name__} writes its CSV only in a run (its `setup` was not called).")
         fresh = self._csv_path != target
-        if fresh and os.path.exists(target):
-            warnings.warn(f"{type(self).__name__} replaces {target!r}, left there by an earlier run.", stacklevel=2)
-        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-        with open(target, "w" if fresh else "a", newline="") as file:
-            writer = csv.writer(file)
-            if fresh:
-                writer.writerow(self.csv_header)
-            writer.writerows(rows)
+        if fresh:
+            self._close_csv()
+            if os.path.exists(target):
+                warnings.warn(f"{type(self).__name__} replaces {target!r}, left there by an earlier run.", stacklevel=2)
+            os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        file = self._csv_file
+        if file is None:
+            # kept open: opening and closing it every epoch costs more than writing the rows
+            file = self._csv_file = open(target, "w" if fresh else "a", newline="")  # noqa: SIM115
+        writer = csv.writer(file)
+        if fresh:
+            writer.writerow(self.csv_header)
+        writer.writerows(rows)
+        file.flush()  # the epoch is on disk when it ends
         self._csv_path = target
+
+    def _close_csv(self) -> None:
+        if self._csv_file is not None:
+            self._csv_file.close()
+            self._csv_file = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_csv_file"] = None  # a file does not pickle (ddp_spawn sends callbacks to new processes)
+        return state
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(stages=list(self.stages), dirpath=self.dirpath)
+        # Lightning reads the key around every hook call (to name the hook in its profiler)
+        key = (self.stages, self.dirpath)
+        if self._state_key[0] != key:
+            self._state_key = (key, self._generate_state_key(stages=list(self.stages), dirpath=self.dirpath))
+        return self._state_key[1]
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -353,6 +470,7 @@ class LossStatisticsCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = dict(state_dict)
         self._written = [(int(epoch), str(stage)) for epoch, stage in state_dict.get("written", [])]
+        self._close_csv()
         self._csv_path = None
 
 
@@ -375,6 +493,84 @@ def class_names_for(
             stacklevel=2,
         )
     return [str(index) for index in range(num_classes)]
+
+
+class Histogram(NamedTuple):
+    """A histogram for TensorBoard, as bins: ``len(edges) == len(weights) + 1``."""
+
+    tag: str
+    edges: Sequence[float]
+    weights: Sequence[float]
+
+
+def log_epoch(trainer: pl.Trainer, metrics: dict[str, float], histograms: Sequence[Histogram], step: int) -> None:
+    """Log one epoch's scalars to every logger of ``trainer``, and ``histograms`` to TensorBoard.
+
+    A TensorBoardLogger gets everything as one event: its writer hands each event to a background
+    thread through a short queue, about 0.1 ms per event here, and one event per scalar (what
+    ``log_metrics`` does) would cost as much as a training step of the default run.
+    """
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            _log_tensorboard(logger, metrics, histograms, step)
+        else:
+            logger.log_metrics(metrics, step=step)
+
+
+def _log_tensorboard(
+    logger: TensorBoardLogger, metrics: dict[str, float], histograms: Sequence[Histogram], step: int
+) -> None:
+    writer = logger.experiment
+    summaries = [(histogram.tag, _histogram_fields(histogram)) for histogram in histograms]
+    drawn = [(tag, fields) for tag, fields in summaries if fields is not None]
+    get_file_writer = getattr(writer, "_get_file_writer", None)
+    if get_file_writer is None:  # not torch's SummaryWriter: its public calls, one event each
+        logger.log_metrics(metrics, step=step)
+        for tag, fields in drawn:
+            writer.add_histogram_raw(tag, **fields, global_step=step)
+        return
+    from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
+
+    prefix = getattr(logger, "_prefix", "")
+    join = getattr(logger, "LOGGER_JOIN_CHAR", "-")
+    values = [
+        Summary.Value(tag=f"{prefix}{join}{name}" if prefix else name, simple_value=float(value))
+        for name, value in metrics.items()
+    ]
+    for tag, fields in drawn:
+        histogram = HistogramProto(
+            min=fields["min"],
+            max=fields["max"],
+            num=fields["num"],
+            sum=fields["sum"],
+            sum_squares=fields["sum_squares"],
+            bucket_limit=fields["bucket_limits"],
+            bucket=fields["bucket_counts"],
+        )
+        values.append(Summary.Value(tag=tag, histo=histogram))
+    if values:
+        get_file_writer().add_summary(Summary(value=values), step)
+
+
+def _histogram_fields(histogram: Histogram) -> dict[str, Any] | None:
+    """The arguments of ``add_histogram_raw`` for the bins; None when they hold nothing to draw."""
+    weights = [weight if math.isfinite(weight) else 0.0 for weight in histogram.weights]
+    total = math.fsum(weights)
+    filled = [index for index, weight in enumerate(weights) if weight > 0]
+    if total <= 0 or not filled:
+        return None
+    edges = list(histogram.edges)
+    # only bin sums are known: the moments TensorBoard asks for are taken at bin centres
+    centres = [(low + high) / 2 for low, high in itertools.pairwise(edges)]
+    return {
+        "min": edges[filled[0]],
+        "max": edges[filled[-1] + 1],
+        "num": total,
+        "sum": math.fsum(weight * centre for weight, centre in zip(weights, centres, strict=True)),
+        "sum_squares": math.fsum(weight * centre * centre for weight, centre in zip(weights, centres, strict=True)),
+        "bucket_limits": edges[1:],
+        "bucket_counts": weights,
+    }
 
 
 _console: Console | None = None

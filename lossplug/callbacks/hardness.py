@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import threading
@@ -11,13 +12,11 @@ from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from typing_extensions import override
 
-from lossplug.callbacks._accumulate import CATEGORIES, HardnessBins, Layout
-from lossplug.callbacks._base import LossStatisticsCallback, Stage, console, share
+from lossplug.callbacks._accumulate import CATEGORIES, HardnessBins, Layout, Observed, observed
+from lossplug.callbacks._base import Histogram, LossStatisticsCallback, Stage, StageReport, console, share, stage_order
 from lossplug.functional._validation import check_number, check_positive_int
 from lossplug.output import LossOutput
 
@@ -87,7 +86,8 @@ class HardnessHistogram(LossStatisticsCallback):
       samples), ``.../{easy,medium,hard}_loss_share`` and ``.../nan_count``; with a
       :class:`~lightning.pytorch.loggers.TensorBoardLogger`, also the histograms
       ``hardness/{stage}/{group}/p_t`` (samples) and ``.../p_t_loss`` (loss).
-    * One line per stage and epoch in the console (rank zero), when ``verbose``.
+    * One line per epoch in the console (rank zero), when ``verbose``: for each stage, the easy /
+      medium / hard shares of the samples and of the loss, and the count of NaN p_t.
 
     Args:
         bins: Number of p_t bins, >= 1.
@@ -123,7 +123,7 @@ class HardnessHistogram(LossStatisticsCallback):
         dirpath: str | None = None,
         verbose: bool = True,
     ) -> None:
-        super().__init__(stages, dirpath, verbose)
+        super().__init__(stages, dirpath, verbose, log_scalars)
         self.bins = check_positive_int("bins", bins)
         self.easy_threshold = check_number("easy_threshold", easy_threshold, 0.0, 1.0)
         self.hard_threshold = check_number(
@@ -133,7 +133,6 @@ class HardnessHistogram(LossStatisticsCallback):
             self.easy_threshold,
             high_text=f"easy_threshold={self.easy_threshold:g}",
         )
-        self.log_scalars = bool(log_scalars)
         self.plot = bool(plot)
         self.plot_every_n_epochs = (
             None if plot_every_n_epochs is None else check_positive_int("plot_every_n_epochs", plot_every_n_epochs)
@@ -177,27 +176,31 @@ class HardnessHistogram(LossStatisticsCallback):
     def _table_shape(self, layout: Layout) -> tuple[int, int]:
         return len(self._bins.groups(layout.task)) * self._bins.rows_per_group, 2
 
-    def _increment(self, output: LossOutput, dtype: torch.dtype) -> tuple[Tensor | None, Tensor]:
-        if output.p_t is None:
+    def _observed(self, outputs: list[LossOutput]) -> Observed:
+        return observed(outputs, with_terms=False)
+
+    def _increment(self, batch: Observed, dtype: torch.dtype) -> tuple[Tensor | None, Tensor]:
+        if batch.p_t is None:
             raise self._no_p_t()
-        return self._bins.increment(output, output.p_t, dtype)
+        return self._bins.increment(batch, dtype)
 
     # -- the end of an epoch ------------------------------------------------------------------------------
     def _epoch_finished(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, epoch: int, layout: Layout, table: Tensor
-    ) -> list[Sequence[Any]]:
+    ) -> StageReport:
         rows: list[Sequence[Any]] = []
         histograms: dict[str, GroupHistogram] = {}
         size = self._bins.rows_per_group
+        values = table.tolist()
         for number, group in enumerate(self._bins.groups(layout.task)):
-            per_bin, nan, per_category = self._bins.split(table[number * size : (number + 1) * size])
+            per_bin, nan, per_category = self._bins.split(values[number * size : (number + 1) * size])
             histogram = GroupHistogram(
-                counts=per_bin[:, 0].tolist(),
-                loss_sums=per_bin[:, 1].tolist(),
-                nan_count=float(nan[0]),
-                nan_loss=float(nan[1]),
-                category_counts=per_category[:, 0].tolist(),
-                category_losses=per_category[:, 1].tolist(),
+                counts=[count for count, _ in per_bin],
+                loss_sums=[loss for _, loss in per_bin],
+                nan_count=nan[0],
+                nan_loss=nan[1],
+                category_counts=[count for count, _ in per_category],
+                category_losses=[loss for _, loss in per_category],
             )
             histograms[group] = histogram
             self._history.setdefault((stage, group), {})[epoch] = histogram
@@ -219,15 +222,28 @@ class HardnessHistogram(LossStatisticsCallback):
                     share(nan_loss, total_loss),
                 )
             )
-        if self.log_scalars and trainer.loggers:
-            self._log(trainer, stage, histograms)
-        if self.verbose:
-            self._print(stage, epoch, histograms)
         self._plot_pending = True
-        ends_epoch = stage == "train" or "train" not in self.stages or trainer.state.fn != TrainerFn.FITTING
-        if self.plot and ends_epoch and self._plot_due(epoch):
+        metrics = {
+            f"hardness/{stage}/{group}/{name}": value
+            for group, histogram in histograms.items()
+            for name, value in self._fractions(histogram).items()
+        }
+        drawn = [
+            drawing
+            for group, histogram in histograms.items()
+            for drawing in (
+                Histogram(f"hardness/{stage}/{group}/p_t", self.edges, histogram.counts),
+                Histogram(f"hardness/{stage}/{group}/p_t_loss", self.edges, histogram.loss_sums),
+            )
+        ]
+        return StageReport(stage, epoch, trainer.global_step, rows, metrics, drawn, histograms)
+
+    def _show(self, trainer: pl.Trainer, reports: list[StageReport]) -> None:
+        if self.verbose:
+            for epoch, of_epoch in itertools.groupby(reports, key=lambda report: report.epoch):
+                self._print(epoch, [(report.stage, report.summary["all"]) for report in of_epoch])
+        if self.plot and self._plot_due(reports[-1].epoch):
             self._draw()
-        return rows
 
     def _fractions(self, histogram: GroupHistogram) -> dict[str, float]:
         total_count, total_loss = histogram.total_count, histogram.total_loss
@@ -238,55 +254,24 @@ class HardnessHistogram(LossStatisticsCallback):
         values["nan_count"] = histogram.nan_count
         return values
 
-    def _log(self, trainer: pl.Trainer, stage: str, histograms: dict[str, GroupHistogram]) -> None:
-        metrics = {
-            f"hardness/{stage}/{group}/{name}": value
-            for group, histogram in histograms.items()
-            for name, value in self._fractions(histogram).items()
-        }
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-            if isinstance(logger, TensorBoardLogger):
-                for group, histogram in histograms.items():
-                    tag = f"hardness/{stage}/{group}/p_t"
-                    self._tensorboard_histogram(logger, tag, histogram.counts, trainer.global_step)
-                    self._tensorboard_histogram(logger, f"{tag}_loss", histogram.loss_sums, trainer.global_step)
-
-    def _tensorboard_histogram(self, logger: TensorBoardLogger, tag: str, weights: list[float], step: int) -> None:
-        finite = [weight if math.isfinite(weight) else 0.0 for weight in weights]
-        total = math.fsum(finite)
-        filled = [index for index, weight in enumerate(finite) if weight > 0]
-        if total <= 0 or not filled:
-            return
-        # only bin sums are kept on the device: the moments TensorBoard asks for are taken at bin centres
-        centres = [(low + high) / 2 for low, high in zip(self.edges[:-1], self.edges[1:], strict=True)]
-        logger.experiment.add_histogram_raw(
-            tag,
-            min=self.edges[filled[0]],
-            max=self.edges[filled[-1] + 1],
-            num=total,
-            sum=math.fsum(w * c for w, c in zip(finite, centres, strict=True)),
-            sum_squares=math.fsum(w * c * c for w, c in zip(finite, centres, strict=True)),
-            bucket_limits=self.edges[1:],
-            bucket_counts=finite,
-            global_step=step,
+    def _print(self, epoch: int, stages: list[tuple[str, GroupHistogram]]) -> None:
+        """One line for the epoch: per stage, the easy / medium / hard shares of samples and of the loss."""
+        order = tuple(reversed(CATEGORIES))
+        parts = []
+        for stage, histogram in sorted(stages, key=lambda item: stage_order(item[0])):
+            values = self._fractions(histogram)
+            samples = " / ".join(f"{100 * values[f'{category}_fraction']:.1f}" for category in order)
+            loss = " / ".join(f"{100 * values[f'{category}_loss_share']:.1f}" for category in order)
+            parts.append(f"{stage}: samples {samples} %, loss {loss} %")
+        nan = sum(int(histogram.nan_count) for _, histogram in stages)
+        line = (
+            f"Hardness · epoch {epoch} · easy / medium / hard (p_t ≥ {self.easy_threshold:g}, < "
+            f"{self.hard_threshold:g}) · " + " · ".join(parts) + f" · NaN p_t: {nan}"
         )
-
-    def _print(self, stage: str, epoch: int, histograms: dict[str, GroupHistogram]) -> None:
-        histogram = histograms["all"]
-        values = self._fractions(histogram)
-        labels = {
-            "easy": f"easy (p_t ≥ {self.easy_threshold:g})",
-            "medium": "medium",
-            "hard": f"hard (p_t < {self.hard_threshold:g})",
-        }
-        parts = [
-            f"{labels[category]} {values[f'{category}_fraction']:.1%} | {values[f'{category}_loss_share']:.1%}"
-            for category in reversed(CATEGORIES)
-        ]
-        nan = int(histogram.nan_count)
-        line = f"Hardness · {stage} · epoch {epoch} · samples | loss: " + " · ".join(parts) + f" · NaN p_t: {nan}"
-        console().print(line, highlight=False, soft_wrap=True, style="bold red" if nan else None)
+        if nan:
+            console().print(line, highlight=False, soft_wrap=True, style="bold red")
+        else:  # plain text: rich's rendering of a line costs more than the epoch's statistics
+            print(line, file=console().file)
 
     # -- the plot ---------------------------------------------------------------------------------------
     def _plot_due(self, epoch: int) -> bool:
@@ -325,7 +310,7 @@ class HardnessHistogram(LossStatisticsCallback):
         self._last_drawing = (end, end - start)
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
+        state = super().__getstate__()
         state["_drawing"] = None  # a thread does not pickle (ddp_spawn sends callbacks to new processes)
         return state
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -9,17 +10,30 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from rich.cells import cell_len
 from rich.table import Table
 from torch import Tensor
 from typing_extensions import override
 
-from lossplug.callbacks._accumulate import Layout, per_class_increment
-from lossplug.callbacks._base import LossStatisticsCallback, Stage, class_names_for, console, share
+from lossplug.callbacks._accumulate import Layout, Observed, observed, per_class_increment
+from lossplug.callbacks._base import (
+    LossStatisticsCallback,
+    Stage,
+    StageReport,
+    class_names_for,
+    console,
+    share,
+    stage_order,
+)
 from lossplug.functional._validation import check_number, check_positive_int
 from lossplug.output import LossOutput
 
 TOTAL = "total"
 """The ``term`` of the rows for the whole loss (a :class:`~lossplug.losses.WeightedSum`'s terms have their names)."""
+
+
+def _nan_as_largest(value: float) -> float:
+    return math.inf if math.isnan(value) else value
 
 
 class PerClassLossMonitor(LossStatisticsCallback):
@@ -59,8 +73,9 @@ class PerClassLossMonitor(LossStatisticsCallback):
     * Scalars in every logger, once per epoch, for the ``top_k`` classes with the largest loss:
       ``per_class/{stage}/share/{class}`` and ``per_class/{stage}/loss_mean/{class}``; for a
       WeightedSum also ``per_class/{stage}/term_share/{term}``, the term's share of the total.
-    * A table of the ``top_k`` classes in the console (rank zero), when ``verbose``, at most every
-      ``print_interval_s`` seconds and for the run's last epoch.
+    * A table of the ``top_k`` classes in the console (rank zero), when ``verbose``: for the run's
+      last epoch, and for the epochs that end ``print_interval_s`` seconds or more after the last
+      tables printed (or the start of the run).
 
     Args:
         top_k: How many classes (those with the largest loss) are logged and shown; the CSV keeps
@@ -72,9 +87,9 @@ class PerClassLossMonitor(LossStatisticsCallback):
         dirpath: Directory of the CSV; ``None`` is the run's log directory (``trainer.log_dir``).
         verbose: Print the table at the end of epochs.
         print_interval_s: Print the tables of an epoch only when at least this many seconds have
-            passed since the last ones were printed (the run's last tables are printed when it
-            ends), so that fast epochs do not spend their time drawing tables nobody can read as
-            they scroll by; 0 prints every epoch.
+            passed since the last ones were printed or the run started (the run's last tables are
+            printed when it ends), so that fast epochs do not spend their time drawing tables
+            nobody can read as they scroll by; 0 prints every epoch.
 
     Example:
         >>> PerClassLossMonitor(top_k=5, stages=["train"])
@@ -94,7 +109,7 @@ class PerClassLossMonitor(LossStatisticsCallback):
         verbose: bool = True,
         print_interval_s: float = 30.0,
     ) -> None:
-        super().__init__(stages, dirpath, verbose)
+        super().__init__(stages, dirpath, verbose, log_scalars)
         self.top_k = check_positive_int("top_k", top_k)
         self.print_interval_s = check_number("print_interval_s", print_interval_s, 0.0)
         if class_names is not None and (isinstance(class_names, str) or not isinstance(class_names, Sequence)):
@@ -102,7 +117,6 @@ class PerClassLossMonitor(LossStatisticsCallback):
                 f"Expected argument `class_names` to be a list of names or None, but got {type(class_names).__name__}."
             )
         self.class_names = None if class_names is None else [str(name) for name in class_names]
-        self.log_scalars = bool(log_scalars)
         self._names_cache: tuple[int, list[str]] | None = None
         self._printed: tuple[int, float] | None = None  # (epoch, when) of the last tables printed
         self._unprinted: dict[str, tuple[int, Callable[[], Table]]] = {}
@@ -113,8 +127,11 @@ class PerClassLossMonitor(LossStatisticsCallback):
     def _table_shape(self, layout: Layout) -> tuple[int, int]:
         return layout.num_classes, 2 + len(layout.terms)
 
-    def _increment(self, output: LossOutput, dtype: torch.dtype) -> tuple[Tensor | None, Tensor]:
-        return per_class_increment(output, dtype)
+    def _observed(self, outputs: list[LossOutput]) -> Observed:
+        return observed(outputs, with_p_t=False)
+
+    def _increment(self, batch: Observed, dtype: torch.dtype) -> tuple[Tensor | None, Tensor]:
+        return per_class_increment(batch, dtype)
 
     def _names(self, trainer: pl.Trainer, pl_module: pl.LightningModule, num_classes: int) -> list[str]:
         if self._names_cache is None or self._names_cache[0] != num_classes:
@@ -123,62 +140,67 @@ class PerClassLossMonitor(LossStatisticsCallback):
 
     def _epoch_finished(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, epoch: int, layout: Layout, table: Tensor
-    ) -> list[Sequence[Any]]:
+    ) -> StageReport:
         names = self._names(trainer, pl_module, layout.num_classes)
-        count = table[:, 0]
-        terms = {TOTAL: table[:, 1]} | {name: table[:, 2 + i] for i, name in enumerate(layout.terms)}
-        counts = count.long().tolist()
+        # in Python from here: a handful of classes takes fewer steps than tensor operations on them,
+        # and 100,000 classes take milliseconds
+        count, *sum_columns = (list(column) for column in zip(*table.tolist(), strict=True))
+        counts = [int(value) for value in count]
+        term_names = [TOTAL, *layout.terms]
         rows: list[Sequence[Any]] = []
-        for term, loss_sum in terms.items():
-            total = float(loss_sum.sum())
-            mean = torch.where(count > 0, loss_sum / count.clamp(min=1), math.nan)
-            shares = loss_sum / total if total != 0 else torch.full_like(loss_sum, math.nan)
+        for term, loss_sums in zip(term_names, sum_columns, strict=True):
+            total = math.fsum(loss_sums)
             rows += zip(
                 [epoch] * len(names),
                 [stage] * len(names),
                 [term] * len(names),
                 names,
                 counts,
-                loss_sum.tolist(),
-                mean.tolist(),
-                shares.tolist(),
+                loss_sums,
+                [share(loss_sum, value) for loss_sum, value in zip(loss_sums, counts, strict=True)],
+                [share(loss_sum, total) for loss_sum in loss_sums],
                 strict=True,
             )
-        k = min(self.top_k, layout.num_classes)
-        top = torch.topk(table[:, 1], k).indices.tolist()
-        top_rows = table[top].tolist()  # the top classes' rows as numbers: no tensor indexing per cell
-        if self.log_scalars and trainer.loggers:
-            self._log(trainer, stage, names, top, top_rows, table, terms)
-        if self.verbose:
-            top_terms = {term: sums[top].tolist() for term, sums in terms.items()}
-            total = float(table[:, 1].sum())
-            self._show(
-                stage, epoch, lambda: self._table_of(stage, epoch, names, top, top_rows, total, top_terms)
-            )
-        return rows
+        losses = sum_columns[0]
+        # a class whose loss is NaN (diverged) comes first
+        top = heapq.nlargest(self.top_k, range(len(counts)), key=lambda index: _nan_as_largest(losses[index]))
+        term_totals = {term: math.fsum(loss_sums) for term, loss_sums in zip(term_names, sum_columns, strict=True)}
+        top_sums = {term: [column[index] for index in top] for term, column in zip(term_names, sum_columns, strict=True)}
+        top_counts = [counts[index] for index in top]
+        return StageReport(
+            stage=stage,
+            epoch=epoch,
+            step=trainer.global_step,
+            rows=rows,
+            metrics=self._metrics(stage, [names[index] for index in top], top_counts, top_sums, term_totals),
+            histograms=[],
+            summary=lambda: self._table_of(stage, epoch, names, top, top_counts, top_sums, term_totals[TOTAL]),
+        )
 
-    def _log(
+    def _metrics(
         self,
-        trainer: pl.Trainer,
         stage: str,
-        names: list[str],
-        top: list[int],
-        top_rows: list[list[float]],
-        table: Tensor,
-        terms: dict[str, Tensor],
-    ) -> None:
-        total = float(table[:, 1].sum())
+        top_names: list[str],
+        top_counts: list[int],
+        top_sums: dict[str, list[float]],
+        term_totals: dict[str, float],
+    ) -> dict[str, float]:
+        total = term_totals[TOTAL]
         metrics: dict[str, float] = {}
-        for index, (count, loss_sum, *_) in zip(top, top_rows, strict=True):
-            metrics[f"per_class/{stage}/share/{names[index]}"] = share(loss_sum, total)
-            metrics[f"per_class/{stage}/loss_mean/{names[index]}"] = share(loss_sum, count)
-        for term, term_sums in terms.items():
+        for name, count, loss_sum in zip(top_names, top_counts, top_sums[TOTAL], strict=True):
+            metrics[f"per_class/{stage}/share/{name}"] = share(loss_sum, total)
+            metrics[f"per_class/{stage}/loss_mean/{name}"] = share(loss_sum, count)
+        for term, term_total in term_totals.items():
             if term != TOTAL:
-                metrics[f"per_class/{stage}/term_share/{term}"] = share(float(term_sums.sum()), total)
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+                metrics[f"per_class/{stage}/term_share/{term}"] = share(term_total, total)
+        return metrics
 
-    def _show(self, stage: str, epoch: int, grid: Callable[[], Table]) -> None:
+    def _show(self, trainer: pl.Trainer, reports: list[StageReport]) -> None:
+        if self.verbose:
+            for report in reports:
+                self._print(report.stage, report.epoch, report.summary)
+
+    def _print(self, stage: str, epoch: int, grid: Callable[[], Table]) -> None:
         """Print the table now, or keep it (unbuilt: most are never printed) until the interval has passed."""
         now = time.monotonic()
         printed = self._printed
@@ -191,9 +213,16 @@ class PerClassLossMonitor(LossStatisticsCallback):
         console().print(grid())
 
     @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        # the first tables, too, wait for the interval: a short run shows only its last ones
+        self._printed = (-1, time.monotonic())
+        self._unprinted.clear()
+
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().teardown(trainer, pl_module, stage)
-        for _, grid in sorted(self._unprinted.values(), key=lambda item: item[0]):
+        for _, (_, grid) in sorted(self._unprinted.items(), key=lambda item: (item[1][0], stage_order(item[0]))):
             console().print(grid())
         self._unprinted.clear()
 
@@ -203,34 +232,41 @@ class PerClassLossMonitor(LossStatisticsCallback):
         epoch: int,
         names: list[str],
         top: list[int],
-        top_rows: list[list[float]],
+        top_counts: list[int],
+        top_sums: dict[str, list[float]],
         total: float,
-        top_terms: dict[str, list[float]],
     ) -> Table:
-        shown = share(sum(row[1] for row in top_rows), total)
+        shown = share(math.fsum(top_sums[TOTAL]), total)
         title = f"Per-class loss · {stage} · epoch {epoch}"
-        if len(top) < len(names):
-            title += f" · top {len(top)} of {len(names)} classes, {shown:.1%} of the loss"
-        grid = Table(title=title, title_justify="left")
-        grid.add_column("#", justify="right", style="dim")
-        grid.add_column("class")
-        for heading in ("count", "loss sum", "mean loss", "share", "cum. share"):
-            grid.add_column(heading, justify="right")
-        term_names = [term for term in top_terms if term != TOTAL]
-        for term in term_names:
-            grid.add_column(f"{term} sum", justify="right")
+        caption = f"top {len(top)} of {len(names)} classes: {shown:.1%} of the loss" if len(top) < len(names) else None
+        term_names = [term for term in top_sums if term != TOTAL]
+        headings = ["#", "class", "count", "loss sum", "mean loss", "share", "cum. share"]
+        headings += [f"{term} sum" for term in term_names]
+        rows: list[list[str]] = []
         cumulative = 0.0
-        for rank, (index, (count, loss_sum, *_)) in enumerate(zip(top, top_rows, strict=True), start=1):
+        for rank, (index, count, loss_sum) in enumerate(zip(top, top_counts, top_sums[TOTAL], strict=True), start=1):
             cumulative += share(loss_sum, total)
             cells = [
                 str(rank),
                 names[index],
-                f"{int(count):,}",
+                f"{count:,}",
                 f"{loss_sum:.4g}",
                 f"{share(loss_sum, count):.4g}",
                 f"{share(loss_sum, total):.1%}",
                 f"{cumulative:.1%}",
             ]
-            cells += [f"{top_terms[term][rank - 1]:.4g}" for term in term_names]
+            rows.append(cells + [f"{top_sums[term][rank - 1]:.4g}" for term in term_names])
+        grid = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+        for column, heading in enumerate(headings):
+            # widths given, not measured: rich measures a cell by rendering it, which costs more than the rest
+            width = max(cell_len(heading), *(cell_len(row[column]) for row in rows)) if rows else cell_len(heading)
+            grid.add_column(
+                heading,
+                justify="left" if column == 1 else "right",
+                style="dim" if column == 0 else None,
+                width=width,
+                no_wrap=column != 1,
+            )
+        for cells in rows:
             grid.add_row(*cells)
         return grid

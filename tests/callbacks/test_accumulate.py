@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lossplug.callbacks._accumulate import HardnessBins, StatisticSums, per_class_increment
+from lossplug.callbacks._accumulate import HardnessBins, StatisticSums, observed, per_class_increment
 from lossplug.losses import BinaryCrossEntropyLoss, CenterLoss, CrossEntropyLoss, WeightedSum
 from lossplug.output import LossOutput
 
@@ -25,7 +25,7 @@ def _table(rows: int, columns: int, index: torch.Tensor | None, values: torch.Te
 
 def test_per_class_sums_match_a_loop() -> None:
     out = CrossEntropyLoss(reduction="none").evaluate(LOGITS, TARGET)
-    table = _table(3, 2, *per_class_increment(out, torch.float64))
+    table = _table(3, 2, *per_class_increment(observed([out]), torch.float64))
     expected = torch.zeros(3, 2, dtype=torch.float64)
     for loss, target in zip(out.per_sample.tolist(), TARGET.tolist(), strict=True):
         if target != -100:
@@ -39,7 +39,7 @@ def test_per_class_weighted_sum_has_a_column_per_term() -> None:
     loss = WeightedSum({"ce": CrossEntropyLoss(), "center": CenterLoss(3, 2)}, {"ce": 1.0, "center": 0.5})
     target = torch.tensor([0, 2, 2, 1])
     out = loss.evaluate_output({"logits": LOGITS[:4], "embeddings": torch.randn(4, 2)}, target)
-    table = _table(3, 4, *per_class_increment(out, torch.float64))
+    table = _table(3, 4, *per_class_increment(observed([out]), torch.float64))
     for column, term in ((2, "ce"), (3, "center")):
         per_sample = out.terms[term].per_sample.double()
         assert torch.allclose(table[:, column], torch.zeros(3, dtype=torch.float64).index_add_(0, target, per_sample))
@@ -50,7 +50,7 @@ def test_per_class_binary_classes_are_the_target_columns() -> None:
     logits = torch.tensor([[1.0, -2.0, 0.0], [0.0, 3.0, -1.0]])
     target = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
     out = BinaryCrossEntropyLoss(reduction="none").evaluate(logits, target)
-    table = _table(3, 2, *per_class_increment(out, torch.float64))
+    table = _table(3, 2, *per_class_increment(observed([out]), torch.float64))
     assert table[:, 0].tolist() == [2.0, 2.0, 2.0]
     assert torch.equal(table[:, 1], out.per_sample.double().sum(dim=0))
 
@@ -59,8 +59,41 @@ def test_per_class_plain_binary_target_is_one_class() -> None:
     out = BinaryCrossEntropyLoss(reduction="none").evaluate(
         torch.tensor([0.5, -1.0, 2.0]), torch.tensor([1.0, 0.0, 0.0])
     )
-    table = _table(1, 2, *per_class_increment(out, torch.float64))
+    table = _table(1, 2, *per_class_increment(observed([out]), torch.float64))
     assert table.tolist() == [[3.0, out.per_sample.double().sum().item()]]
+
+
+@pytest.mark.parametrize(
+    ("loss", "shapes"),
+    [
+        (CrossEntropyLoss(reduction="none", ignore_index=-1), [(4, 3), (2, 3), (5, 3)]),
+        (CrossEntropyLoss(reduction="none", ignore_index=-1), [(2, 3, 4, 5), (1, 3, 2, 2), (3, 3, 4, 5)]),
+        (BinaryCrossEntropyLoss(reduction="none"), [(4, 3), (2, 3)]),
+        (BinaryCrossEntropyLoss(reduction="none"), [(2, 3, 4, 4), (1, 3, 2, 5), (2, 3, 4, 4)]),
+        (BinaryCrossEntropyLoss(reduction="none"), [(4,), (3,)]),
+    ],
+)
+def test_outputs_observed_together_sum_to_the_separate_tables(loss: torch.nn.Module, shapes: list[tuple[int, ...]]) -> None:
+    """Steps kept and added at once (images of several sizes included) give the sums of adding each alone."""
+    generator = torch.Generator().manual_seed(0)
+    outputs = []
+    for shape in shapes:
+        logits = torch.randn(shape, generator=generator)
+        if loss.target_kind == "probability":
+            target = (torch.rand(shape, generator=generator) > 0.5).float()
+        else:
+            target = torch.randint(-1, 3, (shape[0], *shape[2:]), generator=generator)
+        outputs.append(loss.evaluate(logits, target))
+    columns = 3 if len(shapes[0]) > 1 or loss.target_kind == "index" else 1
+    together = _table(columns, 2, *per_class_increment(observed(outputs), torch.float64))
+    separate = sum(_table(columns, 2, *per_class_increment(observed([out]), torch.float64)) for out in outputs)
+    assert torch.allclose(together, separate, rtol=0, atol=1e-12)
+    assert together[:, 0].sum() == sum(int(out.valid.sum()) for out in outputs)
+    bins = HardnessBins(5, hard_threshold=0.5, easy_threshold=0.9)
+    rows = len(bins.groups(outputs[0].task)) * bins.rows_per_group
+    together = _table(rows, 2, *bins.increment(observed(outputs), torch.float64))
+    separate = sum(_table(rows, 2, *bins.increment(observed([out]), torch.float64)) for out in outputs)
+    assert torch.allclose(together, separate, rtol=0, atol=1e-12)
 
 
 def _output(
@@ -79,11 +112,15 @@ def _output(
     )
 
 
-def _hardness(bins: HardnessBins, out: LossOutput) -> list[torch.Tensor]:
+def _hardness(bins: HardnessBins, out: LossOutput) -> list[tuple[torch.Tensor, ...]]:
+    """Per group: the split table (per bin, NaN, per category) as tensors."""
     groups = bins.groups(out.task)
-    table = _table(len(groups) * bins.rows_per_group, 2, *bins.increment(out, out.p_t, torch.float64))
+    table = _table(len(groups) * bins.rows_per_group, 2, *bins.increment(observed([out]), torch.float64)).tolist()
     size = bins.rows_per_group
-    return [bins.split(table[number * size : (number + 1) * size]) for number in range(len(groups))]
+    return [
+        tuple(torch.tensor(part, dtype=torch.float64) for part in bins.split(table[number * size : (number + 1) * size]))
+        for number in range(len(groups))
+    ]
 
 
 def test_hardness_bins_edges_last_bin_and_nan() -> None:

@@ -69,7 +69,7 @@ def test_scalars_summary_line_and_png(tmp_path: Path, capsys: pytest.CaptureFixt
     trainer.fit(TableModel(CrossEntropyLoss(), LOGITS), datamodule=TableData(TARGET))
 
     printed = capsys.readouterr().out
-    assert "Hardness · train · epoch 1" in printed
+    assert "Hardness · epoch 1 · easy / medium / hard (p_t ≥ 0.9, < 0.5) · train: samples 28.6 / 28.6 / 28.6 %" in printed
     assert "NaN p_t: 1" in printed
     metrics = [
         row for row in read_csv(Path(trainer.log_dir) / "metrics.csv") if row.get("hardness/train/all/nan_count")
