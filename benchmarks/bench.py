@@ -28,10 +28,15 @@ call, after warm-up calls.
 * The ``torch.compile`` rows are compiled with ``fullgraph=True`` (a graph break fails them); the
   number of graph breaks of ``binary_focal_loss`` under ``torch._dynamo.explain`` is printed too.
 
-The diagnostics line times ``trainer.fit`` of ``lossplug fit`` (``lossplug.cli``, its default
-config; progress bar and checkpointing off on both sides) with both diagnostics callbacks
-(``PerClassLossMonitor``, ``HardnessHistogram``) against none, interleaved. It is skipped, with a
-message, when ``lossplug.callbacks`` or ``lossplug.cli`` cannot be imported.
+The diagnostics lines time ``trainer.fit`` of ``lossplug fit`` (``lossplug.cli``: its default
+config, with its checkpointing; the progress bar off, as it is when the output is not a terminal)
+with both diagnostics callbacks (``PerClassLossMonitor``, ``HardnessHistogram``) against without
+them: once at the default (steps of about 6 ms), once with a wider model (``--model.hidden_dim=16384``,
+5 epochs; steps of 20 ms or more). One child process per setting runs the fits in pairs (on, off;
+every other pair the other way round) after a warm-up pair; the ratio printed first is the median
+over pairs of on / off, which a shared machine's slow phases (they last seconds, about as long as
+a fit) disturb least; the ratio of the medians follows. They are skipped, with a message, when
+``lossplug.callbacks`` or ``lossplug.cli`` cannot be imported.
 """
 
 from __future__ import annotations
@@ -334,8 +339,18 @@ def diagnostics_available() -> str | None:
     return f"missing {missing}" if missing else None
 
 
-def run_fit(diagnostics: bool, epochs: int | None) -> dict[str, Any]:
-    """Time ``trainer.fit`` of ``lossplug fit`` (the embedded default config) with or without the callbacks."""
+FIT_SETTINGS: dict[str, list[str]] = {
+    "default": [],
+    "20 ms steps": ["--model.hidden_dim=16384", "--trainer.max_epochs=5"],
+}
+"""The `lossplug fit` settings whose diagnostics overhead is measured, as extra command-line arguments."""
+
+
+def run_fits(setting: str, pairs: int, epochs: int | None) -> dict[str, Any]:
+    """Time ``trainer.fit`` of ``lossplug fit`` with and without the diagnostics, in pairs, in this process."""
+    import contextlib
+    import io
+    import logging
     import warnings
 
     import torch
@@ -344,19 +359,77 @@ def run_fit(diagnostics: bool, epochs: int | None) -> dict[str, Any]:
 
     torch.set_num_threads(THREADS)
     warnings.filterwarnings("ignore")
-    with tempfile.TemporaryDirectory() as directory:
-        os.chdir(directory)  # the default config logs under the working directory
-        args = ["--trainer.enable_checkpointing=false", "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false"]
-        if epochs is not None:
-            args.append(f"--trainer.max_epochs={epochs}")
-        if diagnostics:
-            args += [f"--trainer.callbacks+={name}" for name in DIAGNOSTICS]
-        cli = build_cli(args=args, run=False)
-        start = time.perf_counter()
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        elapsed = time.perf_counter() - start
-        steps = max(1, int(cli.trainer.global_step))
-    return {"times": [elapsed], "step_ms": 1000 * elapsed / steps, "epochs": cli.trainer.current_epoch}
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    checkpoint = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.monitor=val/macro_f1", "--trainer.callbacks.mode=max"]
+
+    def fit(diagnostics: bool) -> tuple[float, int, int]:
+        with tempfile.TemporaryDirectory() as directory, contextlib.redirect_stdout(io.StringIO()):
+            os.chdir(directory)  # the default config logs under the working directory
+            args = ["--trainer.enable_progress_bar=false", *FIT_SETTINGS[setting], "--trainer.callbacks=[]", *checkpoint]
+            if epochs is not None:
+                args.append(f"--trainer.max_epochs={epochs}")
+            if diagnostics:
+                args += [f"--trainer.callbacks+={name}" for name in DIAGNOSTICS]
+            cli = build_cli(args=args, run=False)
+            start = time.perf_counter()
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+            elapsed = time.perf_counter() - start
+            for callback in cli.trainer.callbacks:
+                getattr(callback, "wait_for_plot", lambda: None)()  # the PNG of the last run, before the next
+            os.chdir(ROOT)
+        return elapsed, int(cli.trainer.global_step), int(cli.trainer.current_epoch)
+
+    inside = _time_inside_diagnostics()
+    fit(False)
+    fit(True)  # warm-up: imports, first-call costs
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    shares: list[float] = []
+    steps = epochs_run = 0
+    for pair in range(pairs):
+        for diagnostics in (True, False) if pair % 2 == 0 else (False, True):
+            inside[0] = 0.0
+            elapsed, steps, epochs_run = fit(diagnostics)
+            times["on" if diagnostics else "off"].append(elapsed)
+            if diagnostics:
+                shares.append(inside[0] / elapsed)
+    step_ms = 1000 * statistics.median(times["off"]) / max(1, steps)
+    return {"times": times, "inside": shares, "step_ms": step_ms, "epochs": epochs_run}
+
+
+def _time_inside_diagnostics() -> list[float]:
+    """Wrap the diagnostics callbacks' hooks and their per-step observer in timers; returns the running total.
+
+    What the wall-clock ratio cannot resolve on a noisy machine, this measures directly: the time the
+    training thread spends in the callbacks' own code (not what they cost other threads).
+    """
+    import functools
+
+    from lossplug.callbacks import HardnessHistogram, PerClassLossMonitor
+    from lossplug.callbacks._base import LossStatisticsCallback
+
+    total = [0.0]
+    depth = [0]
+
+    def timed(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if depth[0]:  # a subclass's hook calling its base's: counted once
+                return method(*args, **kwargs)
+            depth[0] += 1
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                total[0] += time.perf_counter() - start
+                depth[0] -= 1
+
+        return wrapper
+
+    for cls in (LossStatisticsCallback, PerClassLossMonitor, HardnessHistogram):
+        for name, method in list(vars(cls).items()):
+            if callable(method) and (name.startswith("on_") or name in ("setup", "teardown", "observe_loss")):
+                setattr(cls, name, timed(method))
+    return total
 
 
 # --- the driver ---------------------------------------------------------------------------------------
@@ -396,22 +469,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="times the whole list of rows is run (default 3)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per row and round (default 5)")
     parser.add_argument("--only", nargs="*", default=None, help=f"cases to run, of {list(CASES)} and diagnostics")
-    parser.add_argument("--fit-epochs", type=int, default=None, help="epochs of `lossplug fit` (default: the config's)")
+    parser.add_argument("--fit-pairs", type=int, default=None, help="pairs of fits per diagnostics setting (default 15)")
+    parser.add_argument("--fit-epochs", type=int, default=None, help="epochs of `lossplug fit` (default: the setting's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     parser.add_argument("--row", nargs=2, metavar=("CASE", "ROW"), help=argparse.SUPPRESS)
     parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--fit", choices=("on", "off"), help=argparse.SUPPRESS)
+    parser.add_argument("--fit", choices=list(FIT_SETTINGS), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     rounds = args.rounds or (1 if args.quick else 3)
     repeats = args.repeats or (3 if args.quick else 5)
-    epochs = args.fit_epochs or (2 if args.quick else None)
+    epochs = args.fit_epochs
+    pairs = args.fit_pairs or (3 if args.quick else 15)
     if args.row is not None:  # a child process: one row
         warmup = 1 if args.quick or args.memory else 2
         print(json.dumps(run_row(args.row[0], args.row[1], repeats, warmup, args.memory)))
         return
     if args.fit is not None:
-        print(json.dumps(run_fit(args.fit == "on", epochs)))
+        print(json.dumps(run_fits(args.fit, pairs, epochs)))
         return
 
     selected = args.only if args.only is not None else [*CASES, "diagnostics"]
@@ -432,25 +507,26 @@ def main() -> None:
             memory[(case_name, row)] = _subprocess(["--row", case_name, row, "--memory"], timeout, MEMORY_ENVIRONMENT)
         print(f"  memory pass done ({time.perf_counter() - started:.0f} s)", flush=True)
     results: dict[tuple[str, str], list[dict[str, Any] | str]] = {row: [] for row in rows}
-    fits: dict[str, list[dict[str, Any] | str]] = {"off": [], "on": []}
+    fits: dict[str, dict[str, Any] | str] = {}
     for round_index in range(rounds):
         # every other round runs the rows backwards, so a drift in machine load hits both ends alike
         for case_name, row in rows if round_index % 2 == 0 else rows[::-1]:
             timeout = 900 if row in CASES[case_name]().compiled else 300
             arguments = ["--row", case_name, row, "--repeats", str(repeats), *child]
             results[(case_name, row)].append(_subprocess(arguments, timeout))
-        if with_diagnostics and why_not is None:
-            for setting in ("off", "on") if round_index % 2 == 0 else ("on", "off"):
-                arguments = ["--fit", setting, *([f"--fit-epochs={epochs}"] if epochs else [])]
-                fits[setting].append(_subprocess(arguments, 900))
         print(f"  round {round_index + 1}/{rounds} done ({time.perf_counter() - started:.0f} s)", flush=True)
+    if with_diagnostics and why_not is None:
+        for setting in FIT_SETTINGS if not args.quick else ["default"]:
+            arguments = ["--fit", setting, f"--fit-pairs={pairs}", *([f"--fit-epochs={epochs}"] if epochs else [])]
+            fits[setting] = _subprocess(arguments, 1800)
+            print(f"  diagnostics, {setting}: done ({time.perf_counter() - started:.0f} s)", flush=True)
 
     if rows:
         print()
         print(_table(rows, results, memory))
     if with_diagnostics:
         print()
-        print(_diagnostics_line(fits, why_not))
+        print(_diagnostics_lines(fits, why_not))
     if args.json is not None:
         raw = {
             f"{case} | {row}": {"time": value, "memory": memory.get((case, row))}
@@ -500,21 +576,25 @@ def _table(
     return "\n".join(lines)
 
 
-def _diagnostics_line(fits: dict[str, list[dict[str, Any] | str]], why_not: str | None) -> str:
+def _diagnostics_lines(fits: dict[str, dict[str, Any] | str], why_not: str | None) -> str:
     if why_not is not None:
         return f"diagnostics overhead: skipped, lossplug.callbacks / lossplug.cli not importable ({why_not})"
-    off, on = _median(fits["off"]), _median(fits["on"])
-    if off is None or on is None:
-        errors = [run for run in fits["off"] + fits["on"] if isinstance(run, str)]
-        return f"diagnostics overhead: failed ({errors[0] if errors else '?'})"
-    finished = [run for run in fits["off"] if isinstance(run, dict)]
-    step_ms = statistics.median(run["step_ms"] for run in finished)
-    epochs = finished[0]["epochs"]
-    return (
-        f"diagnostics overhead (`lossplug fit`, default config, {epochs} epochs, median of {len(fits['off'])} "
-        f"run(s) each, PerClassLossMonitor + HardnessHistogram on vs off): trainer.fit {on:.2f} s vs {off:.2f} s "
-        f"= {on / off:.3f}x (a training step takes about {step_ms:.1f} ms)"
-    )
+    lines = []
+    for setting, run in fits.items():
+        if isinstance(run, str):
+            lines.append(f"diagnostics overhead, {setting}: failed ({run})")
+            continue
+        on, off = run["times"]["on"], run["times"]["off"]
+        paired = statistics.median(a / b for a, b in zip(on, off, strict=True))
+        inside = statistics.median(run["inside"])
+        lines.append(
+            f"diagnostics overhead, {setting} (`lossplug fit`, {run['epochs']} epochs, {run['step_ms']:.1f} ms of fit per "
+            f"training step, {len(on)} pairs; PerClassLossMonitor + HardnessHistogram on vs off): "
+            f"{paired:.3f}x (median over pairs); medians {statistics.median(on):.2f} s vs "
+            f"{statistics.median(off):.2f} s = {statistics.median(on) / statistics.median(off):.3f}x; "
+            f"time in the callbacks' code {inside:.1%} of trainer.fit (= {1 / (1 - inside):.3f}x)"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

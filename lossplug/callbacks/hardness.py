@@ -25,6 +25,10 @@ _DRAWING_INTERVAL_FACTOR = 50.0
 passed since it, so that drawing takes at most about 2% of the run."""
 _FIRST_DRAWING_S = 1.0
 """What the first drawing is assumed to take (matplotlib's import included)."""
+_FINAL_DRAWING_DELAY_S = 0.2
+"""The drawing at the end of a run starts this much later, once the trainer has closed its loggers
+and checkpoints: a drawing thread holds the interpreter for several milliseconds at a time, and
+would otherwise stretch the trainer's own teardown."""
 
 
 class GroupHistogram(NamedTuple):
@@ -284,8 +288,8 @@ class HardnessHistogram(LossStatisticsCallback):
             started, took = self._last_drawing
         return time.monotonic() - started >= took * _DRAWING_INTERVAL_FACTOR
 
-    def _draw(self) -> None:
-        """Draw the PNG on a background thread, from a snapshot of the history.
+    def _draw(self, delay: float = 0.0) -> None:
+        """Draw the PNG on a background thread, from a snapshot of the history, after ``delay`` seconds.
 
         Drawing takes about a second (matplotlib's import included): off the training thread, it
         overlaps with training instead of adding to it. The thread is not a daemon, so the program
@@ -298,10 +302,15 @@ class HardnessHistogram(LossStatisticsCallback):
             return  # still drawing the previous epoch: this one stays pending
         snapshot = {key: dict(epochs) for key, epochs in self._history.items()}
         self._plot_pending = False
-        self._drawing = threading.Thread(target=self._draw_snapshot, args=(snapshot, path), name="lossplug-hardness-plot")
+        self._drawing = threading.Thread(
+            target=self._draw_snapshot, args=(snapshot, path, delay), name="lossplug-hardness-plot"
+        )
         self._drawing.start()
 
-    def _draw_snapshot(self, history: dict[tuple[str, str], dict[int, GroupHistogram]], path: str) -> None:
+    def _draw_snapshot(
+        self, history: dict[tuple[str, str], dict[int, GroupHistogram]], path: str, delay: float
+    ) -> None:
+        time.sleep(delay)
         from lossplug.callbacks._plot import draw_hardness
 
         start = time.monotonic()
@@ -329,7 +338,7 @@ class HardnessHistogram(LossStatisticsCallback):
         super().teardown(trainer, pl_module, stage)
         if self.plot and self._plot_pending and trainer.is_global_zero:
             self.wait_for_plot()  # the last drawing must show every epoch
-            self._draw()
+            self._draw(delay=_FINAL_DRAWING_DELAY_S)
 
     def _new_run(self) -> None:
         self._history.clear()
