@@ -32,7 +32,7 @@ The diagnostics lines time ``trainer.fit`` of ``lossplug fit`` (``lossplug.cli``
 config, with its checkpointing; the progress bar off, as it is when the output is not a terminal)
 with both diagnostics callbacks (``PerClassLossMonitor``, ``HardnessHistogram``) against without
 them: once at the default (steps of about 6 ms), once with a wider model (``--model.hidden_dim=16384``,
-5 epochs; steps of 20 ms or more). One child process per setting runs the fits in pairs (on, off;
+10 epochs; steps of 20 ms or more). One child process per setting runs the fits in pairs (on, off;
 every other pair the other way round) after a warm-up pair; the ratio printed first is the median
 over pairs of on / off, which a shared machine's slow phases (they last seconds, about as long as
 a fit) disturb least; the ratio of the medians follows. They are skipped, with a message, when
@@ -341,7 +341,7 @@ def diagnostics_available() -> str | None:
 
 FIT_SETTINGS: dict[str, list[str]] = {
     "default": [],
-    "20 ms steps": ["--model.hidden_dim=16384", "--trainer.max_epochs=5"],
+    "20 ms steps": ["--model.hidden_dim=16384", "--trainer.max_epochs=10"],
 }
 """The `lossplug fit` settings whose diagnostics overhead is measured, as extra command-line arguments."""
 
@@ -469,7 +469,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="times the whole list of rows is run (default 3)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per row and round (default 5)")
     parser.add_argument("--only", nargs="*", default=None, help=f"cases to run, of {list(CASES)} and diagnostics")
-    parser.add_argument("--fit-pairs", type=int, default=None, help="pairs of fits per diagnostics setting (default 15)")
+    parser.add_argument("--fit-pairs", type=int, default=None, help="pairs of fits per diagnostics setting (default 10)")
     parser.add_argument("--fit-epochs", type=int, default=None, help="epochs of `lossplug fit` (default: the setting's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     parser.add_argument("--row", nargs=2, metavar=("CASE", "ROW"), help=argparse.SUPPRESS)
@@ -480,7 +480,7 @@ def main() -> None:
     rounds = args.rounds or (1 if args.quick else 3)
     repeats = args.repeats or (3 if args.quick else 5)
     epochs = args.fit_epochs
-    pairs = args.fit_pairs or (3 if args.quick else 15)
+    pairs = args.fit_pairs or (3 if args.quick else 10)
     if args.row is not None:  # a child process: one row
         warmup = 1 if args.quick or args.memory else 2
         print(json.dumps(run_row(args.row[0], args.row[1], repeats, warmup, args.memory)))
