@@ -35,8 +35,10 @@ them: once at the default (steps of about 6 ms), once with a wider model (``--mo
 10 epochs; steps of 20 ms or more). One child process per setting runs the fits in pairs (on, off;
 every other pair the other way round) after a warm-up pair; the ratio printed first is the median
 over pairs of on / off, which a shared machine's slow phases (they last seconds, about as long as
-a fit) disturb least; the ratio of the medians follows. They are skipped, with a message, when
-``lossplug.callbacks`` or ``lossplug.cli`` cannot be imported.
+a fit) disturb least; the ratio of the medians follows. Last, the share of ``trainer.fit`` that
+the training thread spent inside the callbacks' own code (their hooks and the per-step observer),
+timed directly: steadier than the ratios, but blind to what the callbacks cost other threads. They
+are skipped, with a message, when ``lossplug.callbacks`` or ``lossplug.cli`` cannot be imported.
 """
 
 from __future__ import annotations
