@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench.py            # full run (about 6-9 minutes on 2 CPU cores)
+    python benchmarks/bench.py            # full run (about 8-9 minutes on 2 CPU cores, 2 of them the diagnostics)
     python benchmarks/bench.py --quick    # 1 round, no memory pass, no torch.compile rows (about 1.5 minutes)
     python benchmarks/bench.py --only binary_focal softmax_focal --rounds 5
 
