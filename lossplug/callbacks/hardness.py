@@ -184,8 +184,7 @@ class HardnessHistogram(LossStatisticsCallback):
         return observed(outputs, with_terms=False)
 
     def _increment(self, batch: Observed, dtype: torch.dtype) -> tuple[Tensor | None, Tensor]:
-        if batch.p_t is None:
-            raise self._no_p_t()
+        # every output has p_t: the first is checked (`_check_output`), the others match its layout
         return self._bins.increment(batch, dtype)
 
     # -- the end of an epoch ------------------------------------------------------------------------------

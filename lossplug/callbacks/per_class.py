@@ -147,9 +147,10 @@ class PerClassLossMonitor(LossStatisticsCallback):
         count, *sum_columns = (list(column) for column in zip(*table.tolist(), strict=True))
         counts = [int(value) for value in count]
         term_names = [TOTAL, *layout.terms]
+        term_totals = {term: math.fsum(loss_sums) for term, loss_sums in zip(term_names, sum_columns, strict=True)}
         rows: list[Sequence[Any]] = []
         for term, loss_sums in zip(term_names, sum_columns, strict=True):
-            total = math.fsum(loss_sums)
+            total = term_totals[term]
             rows += zip(
                 [epoch] * len(names),
                 [stage] * len(names),
@@ -164,7 +165,6 @@ class PerClassLossMonitor(LossStatisticsCallback):
         losses = sum_columns[0]
         # a class whose loss is NaN (diverged) comes first
         top = heapq.nlargest(self.top_k, range(len(counts)), key=lambda index: _nan_as_largest(losses[index]))
-        term_totals = {term: math.fsum(loss_sums) for term, loss_sums in zip(term_names, sum_columns, strict=True)}
         top_sums = {term: [column[index] for index in top] for term, column in zip(term_names, sum_columns, strict=True)}
         top_counts = [counts[index] for index in top]
         return StageReport(
