@@ -251,6 +251,11 @@ class LossMixin:
         if observer in self._loss_observers:
             self._loss_observers.remove(observer)
 
+    @property
+    def loss_observers(self) -> tuple[LossObserver, ...]:
+        """The observers that receive every computed :class:`LossOutput`, in the order they were added."""
+        return tuple(self._loss_observers)
+
 
 def _detached(output: LossOutput) -> LossOutput:
     return output._replace(

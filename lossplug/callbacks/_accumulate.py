@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -68,15 +69,19 @@ class StatisticSums(Metric):
         else:
             self.sums.index_add_(0, index, values.to(self.sums.dtype))
 
+    def zero(self) -> None:
+        """Zero the table for a new epoch: what ``reset`` does to the one state, without its bookkeeping."""
+        self.sums.zero_()
+
     def compute(self) -> Tensor:
         """The table (summed over processes when called through :meth:`reduced`)."""
         return self.sums.clone()
 
     def reduced(self) -> Tensor:
-        """The table summed over every process, on the CPU. A collective: call it on every rank."""
+        """A copy of the table summed over every process, on the CPU. A collective: call it on every rank."""
         self.sync(should_sync=True)
         try:
-            return self.sums.detach().cpu().clone()
+            return self.sums.to("cpu", copy=True)
         finally:
             self.unsync(should_unsync=self._is_synced)
 
@@ -95,7 +100,8 @@ def layout_of(output: LossOutput) -> Layout:
     return Layout(output.task, int(output.num_classes), tuple(output.terms), output.p_t is not None)
 
 
-class Observed(NamedTuple):
+@dataclass
+class Observed:
     """What the statistics read of one or more observed outputs, concatenated over their samples.
 
     Multiclass: every field is ``(M,)``, one entry per counted position (sample, pixel). Binary and
@@ -109,6 +115,17 @@ class Observed(NamedTuple):
     valid: Tensor
     target: Tensor
     term_losses: tuple[Tensor, ...]
+    _counted: dict[torch.dtype, Tensor] = field(default_factory=dict, repr=False, compare=False)
+
+    def counted(self, dtype: torch.dtype) -> Tensor:
+        """``(..., 2 + len(term_losses))``: 1, the loss and each term's loss where valid, zeros elsewhere.
+
+        Computed once per ``dtype``: the per-class and the hardness statistics of one flush share it.
+        """
+        values = self._counted.get(dtype)
+        if values is None:
+            values = self._counted[dtype] = counted_values(self.valid, [self.per_sample, *self.term_losses], dtype)
+        return values
 
 
 def observed(outputs: Sequence[LossOutput], with_p_t: bool = True, with_terms: bool = True) -> Observed:
@@ -127,6 +144,8 @@ def observed(outputs: Sequence[LossOutput], with_p_t: bool = True, with_terms: b
         return field.movedim(1, -1).reshape(-1, field.shape[1])
 
     def joined(fields: list[Tensor]) -> Tensor:
+        if not binary and all(field.ndim == 1 for field in fields):  # per-sample classification: already flat
+            return torch.cat(fields) if len(fields) > 1 else fields[0]
         if len(fields) == 1:
             return flat(fields[0])
         tail = fields[0].shape[1:]
@@ -161,7 +180,7 @@ def per_class_increment(batch: Observed, dtype: torch.dtype) -> tuple[Tensor | N
     Binary and multi-label: each element counts for its column, so the increment is a whole
     ``(C, columns)`` table (``index`` None).
     """
-    values = counted_values(batch.valid, [batch.per_sample, *batch.term_losses], dtype)
+    values = batch.counted(dtype)
     if batch.task == "binary":
         return None, values.sum(dim=0)
     return torch.where(batch.valid, batch.target, 0).long(), values
@@ -171,7 +190,7 @@ class HardnessBins:
     """Where each element goes in a hardness table, and how the table's rows become bins and categories.
 
     The device table has, per group, one row per *cell* and one for NaN p_t. The cells are the p_t
-    bins split further at the two thresholds, so that one ``bucketize`` per step places an element
+    bins split further at the two thresholds, so that one ``bucketize`` places each element
     both in its bin (``bins`` even bins of ``[0, 1]``, closed on the left, the last one closed on
     both ends so that p_t = 1 is in it) and in its category: hard (``p_t < hard_threshold``), medium
     or easy (``p_t >= easy_threshold``). Columns: count and loss. Binary and multi-label outputs
@@ -192,7 +211,7 @@ class HardnessBins:
         self.cell_lows = lows
         self.cell_bin = [min(bisect.bisect_right(self.edges, low) - 1, bins - 1) for low in lows]
         self.cell_category = [0 if low < hard_threshold else 2 if low >= easy_threshold else 1 for low in lows]
-        # NaN is mapped to 2, beyond this last boundary, into the NaN row; p_t a rounding error above 1 stays in the last cell
+        # past the last boundary is the NaN row; p_t a rounding error above 1 stays in the last cell
         self.boundaries = torch.tensor([*lows[1:], 1.5], dtype=torch.float64)
         self._device_boundaries: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
@@ -215,8 +234,9 @@ class HardnessBins:
         boundaries = self._device_boundaries.get(key)
         if boundaries is None:
             boundaries = self._device_boundaries[key] = self.boundaries.to(p_t.device, precision)
-        rows = torch.bucketize(torch.nan_to_num(p_t.to(precision), nan=2.0), boundaries, right=True)
-        values = counted_values(batch.valid.reshape(-1), [batch.per_sample.reshape(-1)], dtype)
+        # NaN compares false with every boundary, so bucketize puts it past the last: in the NaN row
+        rows = torch.bucketize(p_t.to(precision), boundaries, right=True)
+        values = batch.counted(dtype)[..., :2].reshape(-1, 2)  # count and loss
         if batch.task == "binary":
             group = (batch.target.reshape(-1) <= 0.5).long().add_(1)
             rows = torch.cat([rows, rows + group * self.rows_per_group])

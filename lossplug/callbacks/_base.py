@@ -73,7 +73,9 @@ class StageReport(NamedTuple):
 class _StageRecord:
     """One stage's accumulation for the epoch that is running."""
 
-    def __init__(self) -> None:
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.epoch = self.step = 0  # the trainer's, when the stage ended
         self.sums: StatisticSums | None = None
         self.layout: Layout | None = None
         self.batches = 0
@@ -117,6 +119,7 @@ class LossStatisticsCallback(Callback):
         self._state_key: tuple[object, str] = (None, "")
         self._unpublished: list[StageReport] = []
         self._unwritten: list[tuple[int, str]] = []
+        self._deferred: list[_StageRecord] = []  # validations inside fit, finished when their training epoch ends
 
     # -- what subclasses provide ---------------------------------------------------------------------
     def _table_shape(self, layout: Layout) -> tuple[int, int]:
@@ -138,6 +141,7 @@ class LossStatisticsCallback(Callback):
         pl_module: pl.LightningModule,
         stage: str,
         epoch: int,
+        step: int,
         layout: Layout,
         table: torch.Tensor,
     ) -> StageReport:
@@ -165,7 +169,7 @@ class LossStatisticsCallback(Callback):
             return
         record = self._records.get(stage)
         if record is None:
-            record = self._records[stage] = _StageRecord()
+            record = self._records[stage] = _StageRecord(stage)
         layout = record.layout
         if record.sums is None or layout is None:
             self._check_output(output)
@@ -187,14 +191,42 @@ class LossStatisticsCallback(Callback):
             self._flush(record)
         self._observed_any = True
 
+    @torch.inference_mode()  # the additions need no autograd bookkeeping, which costs a tenth of their time
     def _flush(self, record: _StageRecord) -> None:
         """Add the record's pending outputs to its device sums."""
-        if not record.pending or record.sums is None:
-            return
-        index, values = self._increment(self._observed(record.pending), record.sums.sums.dtype)
-        record.sums.add(index, values)
+        if record.pending and record.sums is not None:
+            self._add(record, self._observed(record.pending))
+
+    def _add(self, record: _StageRecord, batch: Observed) -> None:
+        if record.sums is not None:
+            index, values = self._increment(batch, record.sums.sums.dtype)
+            record.sums.add(index, values)
         record.pending.clear()
         record.pending_values = 0
+
+    @torch.inference_mode()
+    def _flush_together(self, pl_module: LossMixin, record: _StageRecord) -> None:
+        """:meth:`_flush`, and the same for the model's other diagnostics callbacks that hold the same outputs.
+
+        One concatenation serves them all, and their tables are filled one after the other while
+        the caches are warm; when they reach the end of the stage they find nothing pending.
+        """
+        pending = record.pending
+        others = [
+            (observer, other)
+            for observer in pl_module.loss_observers
+            if observer is not self and isinstance(observer, LossStatisticsCallback)
+            for other in (*observer._records.values(), *observer._deferred)
+            if len(other.pending) == len(pending)
+            and all(mine is theirs for mine, theirs in zip(pending, other.pending, strict=True))
+        ]
+        if not pending or not others:
+            self._flush(record)
+            return
+        batch = observed(pending)  # every field: each callback reads its own
+        self._add(record, batch)
+        for callback, other in others:
+            callback._add(other, batch)
 
     def _table(self, stage: str, layout: Layout, device: torch.device) -> StatisticSums:
         """The stage's device table, zeroed; kept from epoch to epoch while its shape and device stay."""
@@ -203,7 +235,7 @@ class LossStatisticsCallback(Callback):
         if table is None or tuple(table.sums.shape) != shape or table.sums.device != device:
             table = self._tables[stage] = StatisticSums(shape, device)
         else:
-            table.reset()
+            table.zero()
         return table
 
     # -- registration -----------------------------------------------------------------------------------
@@ -222,6 +254,7 @@ class LossStatisticsCallback(Callback):
         # trainer.log_dir is a collective (a broadcast from rank zero): resolve it here, on every rank
         self._log_dir = self.dirpath if self.dirpath is not None else (trainer.log_dir or trainer.default_root_dir)
         self._records.clear()
+        self._deferred.clear()
         self._unpublished.clear()
         self._unwritten.clear()
         if trainer.is_global_zero and self._csv_path is not None and self._csv_path != self.csv_path:
@@ -236,23 +269,45 @@ class LossStatisticsCallback(Callback):
         if isinstance(pl_module, LossMixin):
             pl_module.remove_loss_observer(self)
         self._records.clear()
+        self._finish_deferred_alone(trainer, pl_module)
         self._tables.clear()
         self._publish(trainer)
         self._close_csv()
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._finish_deferred_alone(trainer, pl_module)
         self._publish(trainer)  # the stages that finished before the exception
         self._close_csv()
 
+    def _finish_deferred_alone(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Finish deferred validations outside the epoch's life cycle: in one process; with several, drop them.
+
+        Other processes may not reach this point (an exception), and a reduction would wait for them forever.
+        """
+        if not self._deferred:
+            return
+        if trainer.world_size == 1:
+            self._finish_deferred(trainer, pl_module)
+            return
+        epochs = sorted({record.epoch for record in self._deferred})
+        self._deferred.clear()
+        warnings.warn(
+            f"{type(self).__name__}: the validation statistics of epoch(s) {epochs} are not written: the run stopped "
+            "before the end of their training epoch, where they are summed over processes.",
+            stacklevel=2,
+        )
+
     # -- the epoch life cycle -----------------------------------------------------------------------------
     def _start_stage(self, trainer: pl.Trainer, stage: str) -> None:
-        if not trainer.sanity_checking:
-            self._records[stage] = _StageRecord()
+        if stage in self.stages:
+            # a sanity check's record is dropped when it ends
+            self._records[stage] = _StageRecord(stage)
 
     def _count_batch(self, trainer: pl.Trainer, stage: str) -> None:
-        if stage in self.stages and not trainer.sanity_checking:
-            self._records.setdefault(stage, _StageRecord()).batches += 1
+        record = self._records.get(stage)
+        if record is not None:
+            record.batches += 1
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -260,6 +315,7 @@ class LossStatisticsCallback(Callback):
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish_deferred(trainer, pl_module)  # a second validation in one training epoch: the table is reused
         self._start_stage(trainer, "validate")
 
     @override
@@ -283,6 +339,7 @@ class LossStatisticsCallback(Callback):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._end_stage(trainer, pl_module, "train")
+        self._finish_deferred(trainer, pl_module)
         self._publish(trainer)
 
     @override
@@ -291,15 +348,36 @@ class LossStatisticsCallback(Callback):
             self._records.pop("validate", None)
             return
         self._end_stage(trainer, pl_module, "validate")
+        self._publish(trainer)  # nothing, when the validation was deferred
 
     @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._end_stage(trainer, pl_module, "test")
+        self._publish(trainer)
 
     def _end_stage(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Finish the epoch of ``stage``; a validation inside fit waits for the end of its training epoch.
+
+        There it is finished right after the training statistics, the same work twice in a row on warm
+        caches, and both are written together: one CSV write, one logger call and one console summary.
+        """
         if stage not in self.stages:
             return
-        record = self._records.pop(stage, None) or _StageRecord()
+        record = self._records.pop(stage, None) or _StageRecord(stage)
+        record.epoch, record.step = trainer.current_epoch, trainer.global_step
+        if stage == "validate" and trainer.state.fn == TrainerFn.FITTING and "train" in self.stages:
+            self._deferred.append(record)
+        else:
+            self._finish(trainer, pl_module, record)
+
+    def _finish_deferred(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        deferred, self._deferred = self._deferred, []
+        for record in deferred:
+            self._finish(trainer, pl_module, record)
+
+    def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: _StageRecord) -> None:
+        """Reduce a stage's table over processes and, on rank zero, turn it into a report to publish."""
+        stage = record.stage
         layout, batches, observed_any = record.layout, record.batches, self._observed_any
         if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
             # a rank that saw no loss still has to join the reduction with a table of the same shape
@@ -313,17 +391,17 @@ class LossStatisticsCallback(Callback):
             if batches > 0:
                 self._no_statistics(pl_module, stage, batches, observed_any)
             return
-        self._flush(record)
+        if isinstance(pl_module, LossMixin):
+            self._flush_together(pl_module, record)
+        else:
+            self._flush(record)
         sums = record.sums if record.sums is not None else self._table(stage, layout, pl_module.device)
         table = sums.reduced()
-        epoch = trainer.current_epoch
         if trainer.is_global_zero:
-            self._unpublished.append(self._epoch_finished(trainer, pl_module, stage, epoch, layout, table))
-        self._unwritten.append((epoch, stage))
-        fitting = trainer.state.fn == TrainerFn.FITTING
-        if not (stage == "validate" and fitting and "train" in self.stages):
-            self._publish(trainer)
-        # else the training epoch this validation ran in publishes both: one write, one log call, one line
+            self._unpublished.append(
+                self._epoch_finished(trainer, pl_module, stage, record.epoch, record.step, layout, table)
+            )
+        self._unwritten.append((record.epoch, stage))
 
     def _publish(self, trainer: pl.Trainer) -> None:
         """Write the finished stages' reports: CSV rows, logger scalars and histograms, the console."""
@@ -337,7 +415,9 @@ class LossStatisticsCallback(Callback):
             for step, at_step in itertools.groupby(reports, key=lambda report: report.step):
                 same_step = list(at_step)
                 metrics = {name: value for report in same_step for name, value in report.metrics.items()}
-                log_epoch(trainer, metrics, [histogram for report in same_step for histogram in report.histograms], step)
+                log_epoch(
+                    trainer, metrics, [histogram for report in same_step for histogram in report.histograms], step
+                )
         self._show(trainer, reports)
 
     def _no_statistics(self, pl_module: pl.LightningModule, stage: str, batches: int, observed_any: bool) -> None:

@@ -189,7 +189,14 @@ class HardnessHistogram(LossStatisticsCallback):
 
     # -- the end of an epoch ------------------------------------------------------------------------------
     def _epoch_finished(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, epoch: int, layout: Layout, table: Tensor
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        stage: str,
+        epoch: int,
+        step: int,
+        layout: Layout,
+        table: Tensor,
     ) -> StageReport:
         rows: list[Sequence[Any]] = []
         histograms: dict[str, GroupHistogram] = {}
@@ -239,7 +246,7 @@ class HardnessHistogram(LossStatisticsCallback):
                 Histogram(f"hardness/{stage}/{group}/p_t_loss", self.edges, histogram.loss_sums),
             )
         ]
-        return StageReport(stage, epoch, trainer.global_step, rows, metrics, drawn, histograms)
+        return StageReport(stage, epoch, step, rows, metrics, drawn, histograms)
 
     def _show(self, trainer: pl.Trainer, reports: list[StageReport]) -> None:
         if self.verbose:

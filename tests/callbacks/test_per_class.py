@@ -51,10 +51,10 @@ def test_csv_matches_a_hand_computation(tmp_path: Path) -> None:
     assert list(rows[0]) == ["epoch", "stage", "term", "class", "count", "loss_sum", "loss_mean", "share"]
     # the sanity check's batches are not counted: one row set per epoch and stage
     assert [(row["epoch"], row["stage"]) for row in rows[::3]] == [
-        ("0", "validate"),
         ("0", "train"),
-        ("1", "validate"),
+        ("0", "validate"),
         ("1", "train"),
+        ("1", "validate"),
     ]
     counts, sums = _expected(loss)
     for epoch in ("0", "1"):

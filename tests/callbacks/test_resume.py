@@ -37,7 +37,7 @@ def test_resume_from_a_checkpoint_continues_both_csvs(tmp_path: Path) -> None:
     )
     first.fit(TableModel(CrossEntropyLoss(), LOGITS), datamodule=TableData(TARGET, batch_size=2))
     first_rows = read_csv(monitor.csv_path)
-    assert _keys(first_rows) == [("0", "validate"), ("0", "train"), ("1", "validate"), ("1", "train")]
+    assert _keys(first_rows) == [("0", "train"), ("0", "validate"), ("1", "train"), ("1", "validate")]
 
     # from the end of epoch 0: epoch 1 runs again (its rows are replaced, not repeated), then epoch 2
     monitor, histogram = _callbacks(tmp_path / "diagnostics")
@@ -53,7 +53,7 @@ def test_resume_from_a_checkpoint_continues_both_csvs(tmp_path: Path) -> None:
         ckpt_path=checkpoints / "epoch=0.ckpt",
     )
     assert second.log_dir != first.log_dir  # a new logger version: the monitor's rows are carried over into it
-    expected = [(str(epoch), stage) for epoch in range(3) for stage in ("validate", "train")]
+    expected = [(str(epoch), stage) for epoch in range(3) for stage in ("train", "validate")]
     rows = read_csv(monitor.csv_path)
     assert _keys(rows) == expected
     assert len(rows) == 6 * 3
