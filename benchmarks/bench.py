@@ -35,7 +35,8 @@ them: once at the default (steps of about 6 ms), once with a wider model (``--mo
 10 epochs; steps of 20 ms or more). One child process per setting runs the fits in pairs (on, off;
 every other pair the other way round) after a warm-up pair; the ratio printed first is the median
 over pairs of on / off, which a shared machine's slow phases (they last seconds, about as long as
-a fit) disturb least; the ratio of the medians follows. Last, the share of ``trainer.fit`` that
+a fit) disturb least; the ratio of the medians follows, then the ratio of the fastest fit of each
+kind (a shared machine only ever adds time: the fastest fit is the closest to the code's own cost). Last, the share of ``trainer.fit`` that
 the training thread spent inside the callbacks' own code (their hooks and the per-step observer),
 timed directly: steadier than the ratios, but blind to what the callbacks cost other threads. They
 are skipped, with a message, when ``lossplug.callbacks`` or ``lossplug.cli`` cannot be imported.
@@ -594,6 +595,7 @@ def _diagnostics_lines(fits: dict[str, dict[str, Any] | str], why_not: str | Non
             f"training step, {len(on)} pairs; PerClassLossMonitor + HardnessHistogram on vs off): "
             f"{paired:.3f}x (median over pairs); medians {statistics.median(on):.2f} s vs "
             f"{statistics.median(off):.2f} s = {statistics.median(on) / statistics.median(off):.3f}x; "
+            f"fastest fits {min(on):.2f} s vs {min(off):.2f} s = {min(on) / min(off):.3f}x; "
             f"time in the callbacks' code {inside:.1%} of trainer.fit (= {1 / (1 - inside):.3f}x)"
         )
     return "\n".join(lines)
