@@ -212,6 +212,8 @@ class LossStatisticsCallback(Callback):
         the caches are warm; when they reach the end of the stage they find nothing pending.
         """
         pending = record.pending
+        if not pending:
+            return
         others = [
             (observer, other)
             for observer in pl_module.loss_observers
@@ -220,7 +222,7 @@ class LossStatisticsCallback(Callback):
             if len(other.pending) == len(pending)
             and all(mine is theirs for mine, theirs in zip(pending, other.pending, strict=True))
         ]
-        if not pending or not others:
+        if not others:
             self._flush(record)
             return
         batch = observed(pending)  # every field: each callback reads its own
@@ -299,42 +301,42 @@ class LossStatisticsCallback(Callback):
         )
 
     # -- the epoch life cycle -----------------------------------------------------------------------------
-    def _start_stage(self, trainer: pl.Trainer, stage: str) -> None:
+    def _start_stage(self, stage: str) -> None:
         if stage in self.stages:
             # a sanity check's record is dropped when it ends
             self._records[stage] = _StageRecord(stage)
 
-    def _count_batch(self, trainer: pl.Trainer, stage: str) -> None:
+    def _count_batch(self, stage: str) -> None:
         record = self._records.get(stage)
         if record is not None:
             record.batches += 1
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start_stage(trainer, "train")
+        self._start_stage("train")
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish_deferred(trainer, pl_module)  # a second validation in one training epoch: the table is reused
-        self._start_stage(trainer, "validate")
+        self._start_stage("validate")
 
     @override
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start_stage(trainer, "test")
+        self._start_stage("test")
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
-        self._count_batch(trainer, "train")
+        self._count_batch("train")
 
     @override
     def on_validation_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
-        self._count_batch(trainer, "validate")
+        self._count_batch("validate")
 
     @override
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
-        self._count_batch(trainer, "test")
+        self._count_batch("test")
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
