@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torchmetrics import Metric
 
@@ -77,11 +78,13 @@ class StatisticSums(Metric):
         """The table (summed over processes when called through :meth:`reduced`)."""
         return self.sums.clone()
 
-    def reduced(self) -> Tensor:
-        """A copy of the table summed over every process, on the CPU. A collective: call it on every rank."""
+    def reduced(self) -> list[list[float]]:
+        """The table summed over every process, as rows of Python floats. A collective: call it on every rank."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return self.sums.tolist()  # one process: torchmetrics' sync would only cost its bookkeeping
         self.sync(should_sync=True)
         try:
-            return self.sums.to("cpu", copy=True)
+            return self.sums.tolist()
         finally:
             self.unsync(should_unsync=self._is_synced)
 

@@ -109,6 +109,7 @@ class LossStatisticsCallback(Callback):
         self.verbose = bool(verbose)
         self._records: dict[str, _StageRecord] = {}
         self._tables: dict[str, StatisticSums] = {}
+        self._zeroed: set[str] = set()  # stages whose table is zero (and no record holds it)
         self._log_dir: str | None = None
         self._csv_path: str | None = None
         self._csv_file: TextIO | None = None  # open for appending while a run writes it
@@ -143,9 +144,9 @@ class LossStatisticsCallback(Callback):
         epoch: int,
         step: int,
         layout: Layout,
-        table: torch.Tensor,
+        table: list[list[float]],
     ) -> StageReport:
-        """One stage's report from its reduced table (rank zero): nothing is written yet."""
+        """One stage's report from its reduced table, one list per row (rank zero): nothing is written yet."""
         raise NotImplementedError
 
     def _show(self, trainer: pl.Trainer, reports: list[StageReport]) -> None:
@@ -236,7 +237,10 @@ class LossStatisticsCallback(Callback):
         table = self._tables.get(stage)
         if table is None or tuple(table.sums.shape) != shape or table.sums.device != device:
             table = self._tables[stage] = StatisticSums(shape, device)
-        else:
+            self._zeroed.discard(stage)
+        elif stage in self._zeroed:  # when it was read (`_finish`)
+            self._zeroed.discard(stage)
+        else:  # a stage that did not finish (a sanity check) left it
             table.zero()
         return table
 
@@ -273,6 +277,7 @@ class LossStatisticsCallback(Callback):
         self._records.clear()
         self._finish_deferred_alone(trainer, pl_module)
         self._tables.clear()
+        self._zeroed.clear()
         self._publish(trainer)
         self._close_csv()
 
@@ -399,6 +404,8 @@ class LossStatisticsCallback(Callback):
             self._flush(record)
         sums = record.sums if record.sums is not None else self._table(stage, layout, pl_module.device)
         table = sums.reduced()
+        sums.zero()  # for the next epoch, now, while the table is in the cache
+        self._zeroed.add(stage)
         if trainer.is_global_zero:
             self._unpublished.append(
                 self._epoch_finished(trainer, pl_module, stage, record.epoch, record.step, layout, table)

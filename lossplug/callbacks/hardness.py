@@ -196,14 +196,13 @@ class HardnessHistogram(LossStatisticsCallback):
         epoch: int,
         step: int,
         layout: Layout,
-        table: Tensor,
+        table: list[list[float]],
     ) -> StageReport:
         rows: list[Sequence[Any]] = []
         histograms: dict[str, GroupHistogram] = {}
         size = self._bins.rows_per_group
-        values = table.tolist()
         for number, group in enumerate(self._bins.groups(layout.task)):
-            per_bin, nan, per_category = self._bins.split(values[number * size : (number + 1) * size])
+            per_bin, nan, per_category = self._bins.split(table[number * size : (number + 1) * size])
             histogram = GroupHistogram(
                 counts=[count for count, _ in per_bin],
                 loss_sums=[loss for _, loss in per_bin],

@@ -147,12 +147,12 @@ class PerClassLossMonitor(LossStatisticsCallback):
         epoch: int,
         step: int,
         layout: Layout,
-        table: Tensor,
+        table: list[list[float]],
     ) -> StageReport:
         names = self._names(trainer, pl_module, layout.num_classes)
         # in Python from here: a handful of classes takes fewer steps than tensor operations on them,
         # and 100,000 classes take milliseconds
-        count, *sum_columns = (list(column) for column in zip(*table.tolist(), strict=True))
+        count, *sum_columns = (list(column) for column in zip(*table, strict=True))
         counts = [int(value) for value in count]
         term_names = [TOTAL, *layout.terms]
         term_totals = {term: math.fsum(loss_sums) for term, loss_sums in zip(term_names, sum_columns, strict=True)}

