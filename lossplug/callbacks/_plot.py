@@ -7,11 +7,13 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from lossplug.callbacks._accumulate import GROUPS_BINARY
+from lossplug.callbacks._base import stage_order
+
 if TYPE_CHECKING:
     from lossplug.callbacks.hardness import GroupHistogram
 
-_STAGE_ORDER = {"train": 0, "validate": 1, "test": 2}
-_GROUP_ORDER = {"all": 0, "positive": 1, "negative": 2}
+_GROUP_ORDER = {group: index for index, group in enumerate(GROUPS_BINARY)}
 _HARD_COLOUR = "#c0392b"
 _EASY_COLOUR = "#1e8449"
 _MAX_EPOCHS_DRAWN = 12
@@ -64,7 +66,7 @@ def draw_hardness(
     from matplotlib.patches import Patch
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-    panels = sorted(history, key=lambda key: (_STAGE_ORDER.get(key[0], 9), key[0], _GROUP_ORDER.get(key[1], 9)))
+    panels = sorted(history, key=lambda key: (stage_order(key[0]), key[0], _GROUP_ORDER.get(key[1], len(_GROUP_ORDER))))
     epochs = sorted({epoch for per_epoch in history.values() for epoch in per_epoch})
     first, last = epochs[0], epochs[-1]
     # early epochs light, the latest dark: the history fades behind the current state
