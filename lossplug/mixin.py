@@ -10,6 +10,7 @@ from typing import Any, Protocol, TypeAlias
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import RunningStage
 from torch import Tensor, nn
 
 from lossplug.losses.base import BaseLoss, ModelOutput, select_input
@@ -17,6 +18,9 @@ from lossplug.output import LossOutput
 
 LossLike: TypeAlias = BaseLoss | nn.Module
 """What a model accepts as its loss: any lossplug loss, or a plain torch loss on logits."""
+
+
+_STAGE_NAMES = {stage: str(stage.value) for stage in RunningStage}
 
 
 class LossObserver(Protocol):
@@ -188,7 +192,10 @@ class LossMixin:
     def _stage(self) -> str:
         trainer = getattr(self, "_trainer", None)
         stage = trainer.state.stage if trainer is not None else None
-        return str(stage.value) if stage is not None else "train"
+        if stage is None:
+            return "train"
+        # a dictionary lookup: an enum's `.value` costs more than the rest of a step's observation
+        return _STAGE_NAMES.get(stage) or str(stage.value)
 
     def loss_target(self, target: Tensor, num_classes: int) -> Tensor:
         """The target in the form the loss takes: class indices become one-hot floats for binary and
@@ -258,10 +265,17 @@ class LossMixin:
 
 
 def _detached(output: LossOutput) -> LossOutput:
-    return output._replace(
-        loss=output.loss.detach(),
-        per_sample=output.per_sample.detach(),
-        terms={name: _detached(term) for name, term in output.terms.items()},
+    # built directly: NamedTuple._replace costs as much as the two detaches
+    terms = output.terms
+    return LossOutput(
+        output.loss.detach(),
+        output.per_sample.detach(),
+        output.p_t,
+        output.valid,
+        output.target,
+        output.task,
+        output.num_classes,
+        {name: _detached(term) for name, term in terms.items()} if terms else terms,
     )
 
 

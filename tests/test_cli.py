@@ -93,6 +93,20 @@ def test_print_config_round_trips(config: Path, tmp_path: Path, capsys: pytest.C
     assert capsys.readouterr().out == printed
 
 
+@pytest.mark.parametrize("config", [None, CONFIGS[0]], ids=["default", CONFIGS[0].stem])
+def test_saved_config_is_what_a_checked_save_writes(config: Path | None, tmp_path: Path) -> None:
+    # the run's config.yaml is saved unchecked (it was checked when parsed): the same text as checked
+    from jsonargparse import ArgumentParser
+
+    cli = build_cli([*(["--config", str(config)] if config else []), *QUICK, *QUIET], run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    saved = Path(cli.trainer.log_dir) / "config.yaml"
+    checked = tmp_path / "checked.yaml"
+    ArgumentParser.save(cli.parser, cli.config, str(checked), skip_none=False, skip_check=False)
+    assert saved.read_text() == checked.read_text()
+    assert "class_path: lossplug.losses." in saved.read_text()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
