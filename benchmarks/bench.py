@@ -29,21 +29,30 @@ call, after warm-up calls.
   number of graph breaks of ``binary_focal_loss`` under ``torch._dynamo.explain`` is printed too.
 
 The diagnostics lines time ``trainer.fit`` of ``lossplug fit`` (``lossplug.cli``: its default
-config, with its checkpointing; the progress bar off, as it is when the output is not a terminal)
-with both diagnostics callbacks (``PerClassLossMonitor``, ``HardnessHistogram``) against without
-them: once at the default (steps of about 6 ms), once with a wider model (``--model.hidden_dim=16384``,
+config and checkpointing, with the progress bar off: the default's rich progress bar adds 4-7%
+to a fit even when the output is not a terminal, and leaving it out gives the larger ratio) with
+both diagnostics callbacks (``PerClassLossMonitor``, ``HardnessHistogram``) against without them:
+once at the default (steps of about 6 ms), once with a wider model (``--model.hidden_dim=16384``,
 10 epochs; steps of 20 ms or more). One child process per setting runs the fits in pairs (on, off;
-every other pair the other way round) after a warm-up pair; the ratio printed first is the median
-over pairs of on / off, which a shared machine's slow phases (they last seconds, about as long as
-a fit) disturb least; the ratio of the medians follows, then the ratio of the fastest fit of each
-kind (a shared machine only ever adds time: the fastest fit is the closest to the code's own cost).
-Last, timed directly and steadier than the ratios: the share of ``trainer.fit`` that the training
-thread spent inside the callbacks' own code (their hooks and the per-step observer), and the CPU
-time that TensorBoard's writer thread spent more per fit with them (their events' CRC, in pure
-Python, holding the interpreter), added to it. Neither sees what Lightning spends on any callback
-(about 3 µs per hook call, some 1,200 calls per callback and fit) or LightningCLI's saving of the
-longer config. They are skipped, with a message, when ``lossplug.callbacks`` or ``lossplug.cli``
-cannot be imported.
+every other pair the other way round) after a warm-up pair.
+
+* By the account (first line): what the callbacks add, each part timed inside the fits with them,
+  as a share of those fits. Their code on the training thread: the CPU time of their hooks, their
+  per-step observer and the mixin's work for them (detaching the record, naming the stage), less
+  what the timers count of themselves. TensorBoard's writer thread: its CPU time on the callbacks'
+  records (it computes each record's CRC-32C in pure Python, holding the interpreter lock, so the
+  training thread waits for it). Lightning's hook calls: how many it made on the two callbacks,
+  times what one costs (timed after the fits on a hook neither implements). The config: how much
+  longer LightningCLI's saving of the run's config takes with the two callbacks in it (timed after
+  the fits). The loss itself costs the same either way for the losses benchmarked here (focal
+  loss's ``forward`` is its ``evaluate``). This is steadier than the wall clock because each part
+  and the fit it is divided by are timed in the same seconds.
+* By the wall clock (second line): the median over pairs of on / off, which a shared machine's
+  slow phases (they last seconds, about as long as a fit) disturb least; the ratio of the medians;
+  the ratio of the fastest fit of each kind. On a shared virtual machine these move by 10% or more
+  from run to run and cannot resolve a few percent.
+
+They are skipped, with a message, when ``lossplug.callbacks`` or ``lossplug.cli`` cannot be imported.
 """
 
 from __future__ import annotations
@@ -354,7 +363,8 @@ FIT_SETTINGS: dict[str, list[str]] = {
 
 
 def run_fits(setting: str, pairs: int, epochs: int | None) -> dict[str, Any]:
-    """Time ``trainer.fit`` of ``lossplug fit`` with and without the diagnostics, in pairs, in this process."""
+    """Time ``trainer.fit`` of ``lossplug fit`` with and without the diagnostics, in pairs, in this process,
+    and take the account of what the diagnostics cost inside the fits with them."""
     import contextlib
     import io
     import logging
@@ -369,7 +379,7 @@ def run_fits(setting: str, pairs: int, epochs: int | None) -> dict[str, Any]:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     checkpoint = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.monitor=val/macro_f1", "--trainer.callbacks.mode=max"]
 
-    def fit(diagnostics: bool) -> tuple[float, int, int]:
+    def fit(diagnostics: bool) -> tuple[float, Any]:
         with tempfile.TemporaryDirectory() as directory, contextlib.redirect_stdout(io.StringIO()):
             os.chdir(directory)  # the default config logs under the working directory
             args = ["--trainer.enable_progress_bar=false", *FIT_SETTINGS[setting], "--trainer.callbacks=[]", *checkpoint]
@@ -384,89 +394,171 @@ def run_fits(setting: str, pairs: int, epochs: int | None) -> dict[str, Any]:
             for callback in cli.trainer.callbacks:
                 getattr(callback, "wait_for_plot", lambda: None)()  # the PNG of the last run, before the next
             os.chdir(ROOT)
-        return elapsed, int(cli.trainer.global_step), int(cli.trainer.current_epoch)
+        return elapsed, cli
 
-    inside = _time_inside_diagnostics()
-    writer = _time_tensorboard_writer()
+    account = _DiagnosticsAccount()
     fit(False)
     fit(True)  # warm-up: imports, first-call costs
     times: dict[str, list[float]] = {"off": [], "on": []}
-    writer_times: dict[str, list[float]] = {"off": [], "on": []}
-    shares: list[float] = []
-    steps = epochs_run = 0
+    parts: dict[str, list[float]] = {"inside": [], "writer": [], "dispatch": []}
+    cli: Any = None
     for pair in range(pairs):
         for diagnostics in (True, False) if pair % 2 == 0 else (False, True):
-            inside[0] = writer[0] = 0.0
-            elapsed, steps, epochs_run = fit(diagnostics)
+            account.reset()
+            elapsed, fitted = fit(diagnostics)
             times["on" if diagnostics else "off"].append(elapsed)
-            writer_times["on" if diagnostics else "off"].append(writer[0])
             if diagnostics:
-                shares.append(inside[0] / elapsed)
+                cli = fitted
+                parts["inside"].append(account.inside_s() / elapsed)
+                parts["writer"].append(account.writer_s / elapsed)
+                parts["dispatch"].append(account.dispatches)  # calls; priced below
+    with contextlib.redirect_stdout(io.StringIO()):
+        dispatch_s = _dispatch_cost(cli.trainer)
+        save_config_s = _save_config_cost(cli)
+    parts["dispatch"] = [calls * dispatch_s / elapsed for calls, elapsed in zip(parts["dispatch"], times["on"], strict=True)]
+    parts["save_config"] = [save_config_s / elapsed for elapsed in times["on"]]
+    steps = int(cli.trainer.global_step)
     step_ms = 1000 * statistics.median(times["off"]) / max(1, steps)
-    return {"times": times, "inside": shares, "writer": writer_times, "step_ms": step_ms, "epochs": epochs_run}
+    return {
+        "times": times,
+        "parts": parts,
+        "dispatch_us": 1e6 * dispatch_s,
+        "save_config_ms": 1000 * save_config_s,
+        "step_ms": step_ms,
+        "epochs": int(cli.trainer.current_epoch),
+    }
 
 
-def _time_inside_diagnostics() -> list[float]:
-    """Wrap the diagnostics callbacks' hooks and their per-step observer in timers; returns the running total.
+class _DiagnosticsAccount:
+    """Timers, inside the fits, on what the diagnostics add to a fit; installed for the life of the process.
 
-    What the wall-clock ratio cannot resolve on a noisy machine, this measures directly: the time the
-    training thread spends in the callbacks' own code (not what they cost other threads).
+    * ``inside``: CPU time of the training thread in the diagnostics' own code: the callbacks' hooks,
+      their per-step observer, and the mixin's work for them (detaching the record, naming the stage),
+      less the timers' own cost. CPU time, not wall time: a wait for the interpreter lock there is
+      TensorBoard's writer thread at work, counted next.
+    * ``writer``: CPU time of TensorBoard's writer thread on the diagnostics' records (it computes each
+      record's CRC-32C in pure Python, holding the interpreter lock).
+    * ``dispatches``: Lightning's calls of a hook on one of the two callbacks (priced by :func:`_dispatch_cost`).
     """
-    import functools
 
-    from lossplug.callbacks import HardnessHistogram, PerClassLossMonitor
-    from lossplug.callbacks._base import LossStatisticsCallback
+    def __init__(self) -> None:
+        from lightning.pytorch.trainer import call
 
-    total = [0.0]
-    depth = [0]
+        import lossplug.mixin
+        from lossplug.callbacks import HardnessHistogram, PerClassLossMonitor
+        from lossplug.callbacks._base import LossStatisticsCallback
 
-    def timed(method: Callable[..., Any]) -> Callable[..., Any]:
+        self.cpu_s = self.writer_s = 0.0
+        self.calls = self.dispatches = 0
+        self._depth = 0
+        for cls in (LossStatisticsCallback, PerClassLossMonitor, HardnessHistogram):
+            for name, method in list(vars(cls).items()):
+                if callable(method) and (name.startswith("on_") or name in ("setup", "teardown", "observe_loss")):
+                    setattr(cls, name, self._timed(method))
+        lossplug.mixin._detached = self._timed(lossplug.mixin._detached)  # type: ignore[assignment]
+        lossplug.mixin.LossMixin._stage = self._timed(lossplug.mixin.LossMixin._stage)  # type: ignore[method-assign]
+        # what the timers count of themselves per call, measured on a function that does nothing
+        idle = self._timed(lambda: None)
+        for _ in range(20000):
+            idle()
+        self.per_call_s = self.cpu_s / self.calls
+        self._time_writer()
+        dispatch = call._call_callback_hooks
+        diagnostics = (PerClassLossMonitor, HardnessHistogram)
+
+        def counted(trainer: Any, hook_name: str, *args: Any, monitoring_callbacks: bool | None = None, **kwargs: Any) -> None:
+            if monitoring_callbacks is not True:  # True: only checkpointing and early stopping
+                self.dispatches += sum(isinstance(callback, diagnostics) for callback in trainer.callbacks)
+            dispatch(trainer, hook_name, *args, monitoring_callbacks=monitoring_callbacks, **kwargs)
+
+        call._call_callback_hooks = counted  # type: ignore[assignment]
+        self.reset()
+
+    def reset(self) -> None:
+        self.cpu_s = self.writer_s = 0.0
+        self.calls = self.dispatches = 0
+
+    def inside_s(self) -> float:
+        return max(0.0, self.cpu_s - self.calls * self.per_call_s)
+
+    def _timed(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        import functools
+
         @functools.wraps(method)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if depth[0]:  # a subclass's hook calling its base's: counted once
+            if self._depth:  # a subclass's hook calling its base's: counted once
                 return method(*args, **kwargs)
-            depth[0] += 1
-            start = time.perf_counter()
+            self._depth += 1
+            start = time.thread_time()
             try:
                 return method(*args, **kwargs)
             finally:
-                total[0] += time.perf_counter() - start
-                depth[0] -= 1
+                self.cpu_s += time.thread_time() - start
+                self.calls += 1
+                self._depth -= 1
 
         return wrapper
 
-    for cls in (LossStatisticsCallback, PerClassLossMonitor, HardnessHistogram):
-        for name, method in list(vars(cls).items()):
-            if callable(method) and (name.startswith("on_") or name in ("setup", "teardown", "observe_loss")):
-                setattr(cls, name, timed(method))
-    return total
-
-
-def _time_tensorboard_writer() -> list[float]:
-    """Add up the CPU time of TensorBoard's writer threads (each reports its own when it ends, at the logger's
-    finalize, inside ``trainer.fit``); returns the running total.
-
-    The thread serializes nothing but computes each record's CRC-32C in pure Python, holding the
-    interpreter: the callbacks' events cost the training thread time that the time inside misses.
-    """
-    total = [0.0]
-    try:
-        from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
-    except ImportError:
-        return total
-    run = _AsyncWriterThread.run
-
-    def timed_run(self: Any) -> None:
+    def _time_writer(self) -> None:
         try:
-            run(self)
-        finally:
-            total[0] += time.thread_time()
+            from tensorboard.summary.writer.record_writer import RecordWriter
+        except ImportError:
+            return
+        write = RecordWriter.write
 
-    _AsyncWriterThread.run = timed_run  # type: ignore[method-assign]
-    return total
+        def timed_write(writer: Any, data: bytes) -> None:
+            start = time.thread_time()
+            try:
+                write(writer, data)
+            finally:
+                if b"per_class/" in data or b"hardness/" in data:  # the diagnostics' tags
+                    self.writer_s += time.thread_time() - start
+
+        RecordWriter.write = timed_write  # type: ignore[method-assign]
 
 
-# --- the driver ---------------------------------------------------------------------------------------
+def _dispatch_cost(trainer: Any, calls: int = 5000) -> float:
+    """Seconds Lightning spends per hook call on one diagnostics callback that does nothing in that hook.
+
+    Its loop over the callbacks, the profiler's context and the hook's name; timed on a hook neither
+    callback implements, with the two callbacks against with none, alternately.
+    """
+    from lightning.pytorch.trainer import call
+
+    from lossplug.callbacks._base import LossStatisticsCallback
+
+    ours = [callback for callback in trainer.callbacks if isinstance(callback, LossStatisticsCallback)]
+    kept = trainer.callbacks
+    timings: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for _ in range(7):
+            for with_ours in (True, False):
+                trainer.callbacks = ours if with_ours else []
+                start = time.perf_counter()
+                for _ in range(calls):
+                    call._call_callback_hooks(trainer, "on_before_zero_grad", None)
+                timings[with_ours].append(time.perf_counter() - start)
+    finally:
+        trainer.callbacks = kept
+    return (statistics.median(timings[True]) - statistics.median(timings[False])) / calls / len(ours)
+
+
+def _save_config_cost(cli: Any, repeats: int = 7) -> float:
+    """Seconds the run's config saving takes more because it holds the two callbacks, the way LightningCLI saves it."""
+    import copy
+
+    with_them = cli.config
+    without = copy.deepcopy(with_them)
+    without.trainer.callbacks = [callback for callback in without.trainer.callbacks if callback.class_path not in DIAGNOSTICS]
+    timings: dict[bool, list[float]] = {True: [], False: []}
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "config.yaml")
+        for _ in range(repeats):
+            for config, key in ((with_them, True), (without, False)):
+                start = time.perf_counter()
+                cli.parser.save(config, path, skip_none=False, overwrite=True, multifile=False)
+                timings[key].append(time.perf_counter() - start)
+    return max(0.0, statistics.median(timings[True]) - statistics.median(timings[False]))
 
 
 def _subprocess(args: list[str], timeout: float, environment: dict[str, str] | None = None) -> dict[str, Any] | str:
@@ -620,18 +712,18 @@ def _diagnostics_lines(fits: dict[str, dict[str, Any] | str], why_not: str | Non
             continue
         on, off = run["times"]["on"], run["times"]["off"]
         paired = statistics.median(a / b for a, b in zip(on, off, strict=True))
-        inside = statistics.median(run["inside"])
-        writer = statistics.median(run["writer"]["on"]) - statistics.median(run["writer"]["off"])
-        accounted = inside + writer / statistics.median(on)
+        shares = {name: statistics.median(values) for name, values in run["parts"].items()}
+        total = sum(shares.values())
         lines.append(
             f"diagnostics overhead, {setting} (`lossplug fit`, {run['epochs']} epochs, {run['step_ms']:.1f} ms of fit per "
-            f"training step, {len(on)} pairs; PerClassLossMonitor + HardnessHistogram on vs off): "
-            f"{paired:.3f}x (median over pairs); medians {statistics.median(on):.2f} s vs "
-            f"{statistics.median(off):.2f} s = {statistics.median(on) / statistics.median(off):.3f}x; "
-            f"fastest fits {min(on):.2f} s vs {min(off):.2f} s = {min(on) / min(off):.3f}x; "
-            f"time in the callbacks' code {inside:.1%} of trainer.fit (= {1 / (1 - inside):.3f}x); TensorBoard's "
-            f"writer thread {1000 * writer:+.0f} ms of CPU per fit, with the time inside {accounted:.1%} "
-            f"(= {1 / (1 - accounted):.3f}x)"
+            f"training step, {len(on)} pairs; PerClassLossMonitor + HardnessHistogram on vs off):\n"
+            f"  by the account {1 / (1 - total):.3f}x ({total:.2%} of trainer.fit with them) = their code on the "
+            f"training thread {shares['inside']:.2%} + TensorBoard's writer thread on their records "
+            f"{shares['writer']:.2%} + Lightning's hook calls {shares['dispatch']:.2%} ({run['dispatch_us']:.1f} us "
+            f"each) + the longer config's saving {shares['save_config']:.2%} ({run['save_config_ms']:.1f} ms)\n"
+            f"  by the wall clock {paired:.3f}x (median over pairs); medians {statistics.median(on):.2f} s vs "
+            f"{statistics.median(off):.2f} s = {statistics.median(on) / statistics.median(off):.3f}x; fastest fits "
+            f"{min(on):.2f} s vs {min(off):.2f} s = {min(on) / min(off):.3f}x"
         )
     return "\n".join(lines)
 
