@@ -194,7 +194,7 @@ class LossMixin:
         stage = trainer.state.stage if trainer is not None else None
         if stage is None:
             return "train"
-        # a dictionary lookup: an enum's `.value` costs more than the rest of a step's observation
+        # looked up rather than read from the enum's `.value` (a descriptor call) on every step
         return _STAGE_NAMES.get(stage) or str(stage.value)
 
     def loss_target(self, target: Tensor, num_classes: int) -> Tensor:
