@@ -42,13 +42,13 @@ class LossplugArgumentParser(LightningArgumentParser):
         Console(stderr=True).print("Run with --help for the options, --print_config for the full configuration.")
         raise SystemExit(2)
 
-    def save(self, cfg: Any, path: Any, *args: Any, skip_check: bool = True, **kwargs: Any) -> None:
+    def save(self, cfg: Any, path: Any, *args: Any, skip_validation: bool = True, **kwargs: Any) -> None:
         """jsonargparse's ``save``, without checking ``cfg`` again by default.
 
         LightningCLI saves the config it parsed and checked: checking it a second time, type by type,
         took half of the saving (about 10 of 20 ms per run here) and found nothing new.
         """
-        super().save(cfg, path, *args, skip_check=skip_check, **kwargs)
+        super().save(cfg, path, *args, skip_validation=skip_validation, **kwargs)
 
 
 def summarize_config_error(message: str) -> str:

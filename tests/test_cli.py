@@ -102,7 +102,7 @@ def test_saved_config_is_what_a_checked_save_writes(config: Path | None, tmp_pat
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     saved = Path(cli.trainer.log_dir) / "config.yaml"
     checked = tmp_path / "checked.yaml"
-    ArgumentParser.save(cli.parser, cli.config, str(checked), skip_none=False, skip_check=False)
+    ArgumentParser.save(cli.parser, cli.config, str(checked), skip_none=False, skip_validation=False)
     assert saved.read_text() == checked.read_text()
     assert "class_path: lossplug.losses." in saved.read_text()
 
