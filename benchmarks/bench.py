@@ -400,7 +400,8 @@ def run_fits(setting: str, pairs: int, epochs: int | None) -> dict[str, Any]:
     fit(False)
     fit(True)  # warm-up: imports, first-call costs
     times: dict[str, list[float]] = {"off": [], "on": []}
-    parts: dict[str, list[float]] = {"inside": [], "writer": [], "dispatch": []}
+    parts: dict[str, list[float]] = {"inside": [], "writer": []}
+    dispatches: list[int] = []
     cli: Any = None
     for pair in range(pairs):
         for diagnostics in (True, False) if pair % 2 == 0 else (False, True):
@@ -411,11 +412,11 @@ def run_fits(setting: str, pairs: int, epochs: int | None) -> dict[str, Any]:
                 cli = fitted
                 parts["inside"].append(account.inside_s() / elapsed)
                 parts["writer"].append(account.writer_s / elapsed)
-                parts["dispatch"].append(account.dispatches)  # calls; priced below
+                dispatches.append(account.dispatches)  # priced below
     with contextlib.redirect_stdout(io.StringIO()):
         dispatch_s = _dispatch_cost(cli.trainer)
         save_config_s = _save_config_cost(cli)
-    parts["dispatch"] = [calls * dispatch_s / elapsed for calls, elapsed in zip(parts["dispatch"], times["on"], strict=True)]
+    parts["dispatch"] = [calls * dispatch_s / elapsed for calls, elapsed in zip(dispatches, times["on"], strict=True)]
     parts["save_config"] = [save_config_s / elapsed for elapsed in times["on"]]
     steps = int(cli.trainer.global_step)
     step_ms = 1000 * statistics.median(times["off"]) / max(1, steps)
@@ -529,18 +530,20 @@ def _dispatch_cost(trainer: Any, calls: int = 5000) -> float:
 
     ours = [callback for callback in trainer.callbacks if isinstance(callback, LossStatisticsCallback)]
     kept = trainer.callbacks
-    timings: dict[bool, list[float]] = {True: [], False: []}
+
+    def dispatch(callbacks: list[Any]) -> Callable[[], None]:
+        def run() -> None:
+            trainer.callbacks = callbacks
+            for _ in range(calls):
+                call._call_callback_hooks(trainer, "on_before_zero_grad", None)
+
+        return run
+
     try:
-        for _ in range(7):
-            for with_ours in (True, False):
-                trainer.callbacks = ours if with_ours else []
-                start = time.perf_counter()
-                for _ in range(calls):
-                    call._call_callback_hooks(trainer, "on_before_zero_grad", None)
-                timings[with_ours].append(time.perf_counter() - start)
+        extra = _median_extra(dispatch(ours), dispatch([]))
     finally:
         trainer.callbacks = kept
-    return (statistics.median(timings[True]) - statistics.median(timings[False])) / calls / len(ours)
+    return extra / calls / len(ours)
 
 
 def _save_config_cost(cli: Any, repeats: int = 7) -> float:
@@ -550,15 +553,24 @@ def _save_config_cost(cli: Any, repeats: int = 7) -> float:
     with_them = cli.config
     without = copy.deepcopy(with_them)
     without.trainer.callbacks = [callback for callback in without.trainer.callbacks if callback.class_path not in DIAGNOSTICS]
-    timings: dict[bool, list[float]] = {True: [], False: []}
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "config.yaml")
-        for _ in range(repeats):
-            for config, key in ((with_them, True), (without, False)):
-                start = time.perf_counter()
-                cli.parser.save(config, path, skip_none=False, overwrite=True, multifile=False)
-                timings[key].append(time.perf_counter() - start)
-    return max(0.0, statistics.median(timings[True]) - statistics.median(timings[False]))
+
+        def save(config: Any) -> Callable[[], None]:
+            return lambda: cli.parser.save(config, path, skip_none=False, overwrite=True, multifile=False)
+
+        return max(0.0, _median_extra(save(with_them), save(without), repeats))
+
+
+def _median_extra(with_them: Callable[[], Any], without: Callable[[], Any], rounds: int = 7) -> float:
+    """Median seconds of ``with_them`` less the median of ``without``, the two called alternately ``rounds`` times."""
+    timings: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(rounds):
+        for key, run in ((True, with_them), (False, without)):
+            start = time.perf_counter()
+            run()
+            timings[key].append(time.perf_counter() - start)
+    return statistics.median(timings[True]) - statistics.median(timings[False])
 
 
 def _subprocess(args: list[str], timeout: float, environment: dict[str, str] | None = None) -> dict[str, Any] | str:
