@@ -19,7 +19,16 @@ from lightning.pytorch.trainer.states import TrainerFn
 from rich.console import Console
 from typing_extensions import override
 
-from lossplug.callbacks._accumulate import FLUSH_VALUES, Layout, Observed, StatisticSums, layout_of, observed
+from lossplug.callbacks._accumulate import (
+    FLUSH_VALUES,
+    Array,
+    Layout,
+    Observed,
+    StatisticSums,
+    layout_of,
+    observed,
+    on_host,
+)
 from lossplug.functional._validation import check_option
 from lossplug.losses.base import BaseLoss
 from lossplug.mixin import LossMixin
@@ -78,9 +87,28 @@ class _StageRecord:
         self.epoch = self.step = 0  # the trainer's, when the stage ended
         self.sums: StatisticSums | None = None
         self.layout: Layout | None = None
-        self.batches = 0
+        self.batches = 0  # that the stage's loop finished in the epoch, when it ended
         self.pending: list[LossOutput] = []  # observed, not yet added to `sums`
         self.pending_values = 0
+
+
+def _batches_finished(trainer: pl.Trainer, stage: str) -> int:
+    """The batches that the loop of ``stage`` has finished in its current epoch: Lightning's own count.
+
+    Read where the stage ends, instead of counted in a hook per batch.
+    """
+    if stage == "train":
+        loop: Any = trainer.fit_loop.epoch_loop
+    elif stage == "validate":
+        loop = trainer.fit_loop.epoch_loop.val_loop if trainer.state.fn == TrainerFn.FITTING else trainer.validate_loop
+    else:
+        loop = trainer.test_loop
+    return int(loop.batch_progress.current.completed)
+
+
+def _on_host(record: _StageRecord) -> bool:
+    """Whether the record's pending outputs are added to its table in NumPy."""
+    return record.sums is not None and on_host(record.pending, record.sums.sums.device, record.pending_values)
 
 
 class LossStatisticsCallback(Callback):
@@ -126,12 +154,12 @@ class LossStatisticsCallback(Callback):
     def _table_shape(self, layout: Layout) -> tuple[int, int]:
         raise NotImplementedError
 
-    def _increment(self, batch: Observed, dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def _increment(self, batch: Observed, dtype: torch.dtype) -> tuple[Array | None, Array]:
         raise NotImplementedError
 
-    def _observed(self, outputs: list[LossOutput]) -> Observed:
-        """The outputs' fields that :meth:`_increment` reads, concatenated."""
-        return observed(outputs)
+    def _observed(self, outputs: list[LossOutput], on_host: bool) -> Observed:
+        """The outputs' fields that :meth:`_increment` reads, concatenated (NumPy arrays ``on_host``)."""
+        return observed(outputs, on_host=on_host)
 
     def _check_output(self, output: LossOutput) -> None:
         """Raise when this callback cannot use ``output`` (called once per stage and epoch)."""
@@ -196,7 +224,7 @@ class LossStatisticsCallback(Callback):
     def _flush(self, record: _StageRecord) -> None:
         """Add the record's pending outputs to its device sums."""
         if record.pending and record.sums is not None:
-            self._add(record, self._observed(record.pending))
+            self._add(record, self._observed(record.pending, _on_host(record)))
 
     def _add(self, record: _StageRecord, batch: Observed) -> None:
         if record.sums is not None:
@@ -226,7 +254,7 @@ class LossStatisticsCallback(Callback):
         if not others:
             self._flush(record)
             return
-        batch = observed(pending)  # every field: each callback reads its own
+        batch = observed(pending, on_host=_on_host(record))  # every field: each callback reads its own
         self._add(record, batch)
         for callback, other in others:
             callback._add(other, batch)
@@ -311,11 +339,6 @@ class LossStatisticsCallback(Callback):
             # a sanity check's record is dropped when it ends
             self._records[stage] = _StageRecord(stage)
 
-    def _count_batch(self, stage: str) -> None:
-        record = self._records.get(stage)
-        if record is not None:
-            record.batches += 1
-
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start_stage("train")
@@ -328,20 +351,6 @@ class LossStatisticsCallback(Callback):
     @override
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start_stage("test")
-
-    @override
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
-        self._count_batch("train")
-
-    @override
-    def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
-    ) -> None:
-        self._count_batch("validate")
-
-    @override
-    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
-        self._count_batch("test")
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -372,6 +381,7 @@ class LossStatisticsCallback(Callback):
             return
         record = self._records.pop(stage, None) or _StageRecord(stage)
         record.epoch, record.step = trainer.current_epoch, trainer.global_step
+        record.batches = _batches_finished(trainer, stage)
         if stage == "validate" and trainer.state.fn == TrainerFn.FITTING and "train" in self.stages:
             self._deferred.append(record)
         else:

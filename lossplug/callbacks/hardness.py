@@ -12,10 +12,9 @@ from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor
 from typing_extensions import override
 
-from lossplug.callbacks._accumulate import CATEGORIES, HardnessBins, Layout, Observed, observed
+from lossplug.callbacks._accumulate import CATEGORIES, Array, HardnessBins, Layout, Observed, observed
 from lossplug.callbacks._base import Histogram, LossStatisticsCallback, Stage, StageReport, console, share, stage_order
 from lossplug.functional._validation import check_number, check_positive_int
 from lossplug.output import LossOutput
@@ -180,10 +179,10 @@ class HardnessHistogram(LossStatisticsCallback):
     def _table_shape(self, layout: Layout) -> tuple[int, int]:
         return len(self._bins.groups(layout.task)) * self._bins.rows_per_group, 2
 
-    def _observed(self, outputs: list[LossOutput]) -> Observed:
-        return observed(outputs, with_terms=False)
+    def _observed(self, outputs: list[LossOutput], on_host: bool) -> Observed:
+        return observed(outputs, with_terms=False, on_host=on_host)
 
-    def _increment(self, batch: Observed, dtype: torch.dtype) -> tuple[Tensor | None, Tensor]:
+    def _increment(self, batch: Observed, dtype: torch.dtype) -> tuple[Array | None, Array]:
         # every output has p_t: the first is checked (`_check_output`), the others match its layout
         return self._bins.increment(batch, dtype)
 

@@ -13,10 +13,9 @@ import torch
 from rich.box import HEAVY_HEAD
 from rich.cells import cell_len
 from rich.text import Text
-from torch import Tensor
 from typing_extensions import override
 
-from lossplug.callbacks._accumulate import Layout, Observed, observed, per_class_increment
+from lossplug.callbacks._accumulate import Array, Layout, Observed, observed, per_class_increment
 from lossplug.callbacks._base import (
     LossStatisticsCallback,
     Stage,
@@ -128,10 +127,10 @@ class PerClassLossMonitor(LossStatisticsCallback):
     def _table_shape(self, layout: Layout) -> tuple[int, int]:
         return layout.num_classes, 2 + len(layout.terms)
 
-    def _observed(self, outputs: list[LossOutput]) -> Observed:
-        return observed(outputs, with_p_t=False)
+    def _observed(self, outputs: list[LossOutput], on_host: bool) -> Observed:
+        return observed(outputs, with_p_t=False, on_host=on_host)
 
-    def _increment(self, batch: Observed, dtype: torch.dtype) -> tuple[Tensor | None, Tensor]:
+    def _increment(self, batch: Observed, dtype: torch.dtype) -> tuple[Array | None, Array]:
         return per_class_increment(batch, dtype)
 
     def _names(self, trainer: pl.Trainer, pl_module: pl.LightningModule, num_classes: int) -> list[str]:

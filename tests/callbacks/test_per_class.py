@@ -194,9 +194,19 @@ def test_a_hundred_thousand_classes(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_validation_without_the_loss_warns_and_skips(tmp_path: Path) -> None:
     monitor = PerClassLossMonitor(verbose=False)
     model = TableModel(CrossEntropyLoss(), LOGITS, validation_loss=False)
-    with pytest.warns(UserWarning, match=r"no loss statistics in \d+ validate batches.*validation_step"):
+    with pytest.warns(UserWarning, match=r"no loss statistics in 2 validate batches.*validation_step"):
         make_trainer(tmp_path, [monitor], max_epochs=1).fit(model, datamodule=TableData(TARGET))
     assert {row["stage"] for row in read_csv(monitor.csv_path)} == {"train"}
+
+
+@pytest.mark.parametrize("entry_point", ["validate", "test"])
+def test_an_evaluation_without_the_loss_names_its_batches(tmp_path: Path, entry_point: str) -> None:
+    stage = "validate" if entry_point == "validate" else "test"
+    model = TableModel(CrossEntropyLoss(), LOGITS, validation_loss=False)
+    trainer = make_trainer(tmp_path, [PerClassLossMonitor(stages=[stage], verbose=False)])
+    step = {"validate": "validation_step", "test": "test_step"}[stage]
+    with pytest.raises(RuntimeError, match=rf"no loss statistics in 3 {stage} batches.*TableModel\.{step}"):
+        getattr(trainer, entry_point)(model, dataloaders=TableData(TARGET, batch_size=3).val_dataloader())
 
 
 @pytest.mark.filterwarnings("ignore:You passed in a `val_dataloader` but have no `validation_step`")
@@ -221,7 +231,8 @@ def test_a_torch_loss_gives_no_statistics(tmp_path: Path) -> None:
 
 def test_a_loss_called_past_compute_loss_gives_no_statistics(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, [PerClassLossMonitor()], max_epochs=1, limit_val_batches=0)
-    with pytest.raises(RuntimeError, match=r"self\.compute_loss\(output, target\)` in `TableModel\.training_step`"):
+    advice = r"self\.compute_loss\(output, target\)` in `TableModel\.training_step`"
+    with pytest.raises(RuntimeError, match=rf"in 2 train batches.*{advice}"):
         trainer.fit(TableModel(CrossEntropyLoss(), LOGITS, through_mixin=False), datamodule=TableData(TARGET))
 
 
