@@ -37,13 +37,9 @@ FLUSH_VALUES = 1 << 20
 device for float32 losses and p_t, int64 targets): small steps are added once per epoch, large
 ones (dense prediction) at once."""
 HOST_VALUES = 1 << 16
-"""Flushes on the CPU of fewer observed values than this run in NumPy (:func:`on_host`): at the end of
-an epoch of the default run, about a third of torch's time for the same operations; larger ones run
-in torch, whose ``index_add_`` is faster on many values."""
-_HOST_DTYPES = frozenset(
-    {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.float32, torch.float64}
-)
-"""Tensor types that NumPy reads without a copy (bfloat16 is not one of them)."""
+"""Flushes on the CPU of fewer observed values than this run in NumPy (:func:`observed` ``on_host``),
+where torch's fixed cost per operation is most of the time; larger ones run in torch, whose
+``index_add_`` is faster on many values."""
 CATEGORIES: tuple[str, ...] = ("hard", "medium", "easy")
 """The hardness categories, in the order of increasing p_t (as stored)."""
 
@@ -55,21 +51,6 @@ def accumulation_dtype(device: torch.device) -> torch.dtype:
 
 Array: TypeAlias = Tensor | np.ndarray
 """A tensor, or on the host path a NumPy array over a CPU tensor's memory."""
-
-
-def on_host(outputs: Sequence[LossOutput], device: torch.device, values: int) -> bool:
-    """Whether a flush of ``values`` observed values of ``outputs`` into a table on ``device`` runs in NumPy."""
-    return (
-        device.type == "cpu"
-        and values < HOST_VALUES
-        and all(
-            tensor.dtype in _HOST_DTYPES
-            for output in outputs
-            for tensor in (output.per_sample, output.p_t, output.valid, output.target)
-            if tensor is not None
-        )
-        and all(term.per_sample.dtype in _HOST_DTYPES for output in outputs for term in output.terms.values())
-    )
 
 
 class StatisticSums(Metric):
@@ -112,7 +93,10 @@ class StatisticSums(Metric):
 
     def zero(self) -> None:
         """Zero the table for a new epoch: what ``reset`` does to the one state, without its bookkeeping."""
-        self.sums.zero_()
+        if self.sums.device.type == "cpu":
+            self.sums.numpy().fill(0.0)  # NumPy's fixed cost is a fraction of torch's
+        else:
+            self.sums.zero_()
 
     def compute(self) -> Tensor:
         """The table (summed over processes when called through :meth:`reduced`)."""
@@ -121,7 +105,8 @@ class StatisticSums(Metric):
     def reduced(self) -> list[list[float]]:
         """The table summed over every process, as rows of Python floats. A collective: call it on every rank."""
         if not (dist.is_available() and dist.is_initialized()):
-            return self.sums.tolist()  # one process: torchmetrics' sync would only cost its bookkeeping
+            # one process: torchmetrics' sync would only cost its bookkeeping
+            return self.sums.numpy().tolist() if self.sums.device.type == "cpu" else self.sums.tolist()
         self.sync(should_sync=True)
         try:
             return self.sums.tolist()
@@ -182,10 +167,20 @@ def observed(
     """Flatten and concatenate the fields of ``outputs`` (all of one :class:`Layout`) that the statistics read.
 
     ``with_p_t=False`` leaves p_t out (None) and ``with_terms=False`` the terms' losses (empty), for
-    statistics that do not read them. ``on_host`` gives NumPy arrays (of CPU tensors, see :func:`on_host`).
+    statistics that do not read them. ``on_host`` (CPU tensors only) gives NumPy arrays over the
+    tensors' memory, unless NumPy cannot read one of them (bfloat16): then tensors, as without it.
     """
+    if on_host:
+        try:
+            return _observed(outputs, with_p_t, with_terms, np)
+        except TypeError:  # NumPy has no bfloat16
+            pass
+    return _observed(outputs, with_p_t, with_terms, torch)
+
+
+def _observed(outputs: Sequence[LossOutput], with_p_t: bool, with_terms: bool, xp: Any) -> Observed:
+    """:func:`observed` in ``xp``: torch, or NumPy (the functions used have the same names and arguments in both)."""
     binary = outputs[0].task == "binary"
-    xp: Any = np if on_host else torch  # the functions used below have the same names and arguments in both
 
     def flat(field: Array) -> Array:
         if not binary:
@@ -196,7 +191,7 @@ def observed(
 
     def joined(tensors: list[Tensor]) -> Array:
         fields: list[Array] = list(tensors)
-        if on_host:  # the callbacks' outputs come detached from the mixin
+        if xp is np:  # the callbacks' outputs come detached from the mixin
             fields = [(tensor.detach() if tensor.requires_grad else tensor).numpy() for tensor in tensors]
         if not binary and all(field.ndim == 1 for field in fields):  # per-sample classification: already flat
             return xp.concatenate(fields) if len(fields) > 1 else fields[0]

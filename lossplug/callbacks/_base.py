@@ -21,13 +21,13 @@ from typing_extensions import override
 
 from lossplug.callbacks._accumulate import (
     FLUSH_VALUES,
+    HOST_VALUES,
     Array,
     Layout,
     Observed,
     StatisticSums,
     layout_of,
     observed,
-    on_host,
 )
 from lossplug.functional._validation import check_option
 from lossplug.losses.base import BaseLoss
@@ -107,8 +107,8 @@ def _batches_finished(trainer: pl.Trainer, stage: str) -> int:
 
 
 def _on_host(record: _StageRecord) -> bool:
-    """Whether the record's pending outputs are added to its table in NumPy."""
-    return record.sums is not None and on_host(record.pending, record.sums.sums.device, record.pending_values)
+    """Whether the record's pending outputs are added to its table in NumPy: few, on the CPU."""
+    return record.sums is not None and record.sums.sums.device.type == "cpu" and record.pending_values < HOST_VALUES
 
 
 class LossStatisticsCallback(Callback):

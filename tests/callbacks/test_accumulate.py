@@ -13,9 +13,9 @@ from lossplug.callbacks._accumulate import (
     HardnessBins,
     StatisticSums,
     observed,
-    on_host,
     per_class_increment,
 )
+from lossplug.callbacks._base import _on_host, _StageRecord
 from lossplug.losses import BinaryCrossEntropyLoss, CenterLoss, CrossEntropyLoss, WeightedSum
 from lossplug.output import LossOutput
 
@@ -228,11 +228,26 @@ def test_numpy_and_torch_paths_give_the_same_tables(case: str, p_t_dtype: torch.
     assert tables[False][1][:, 1].isnan().any()  # the NaN losses reached the tables
 
 
-def test_flushes_run_in_numpy_only_when_small_on_the_cpu_and_readable() -> None:
+def test_numpy_reads_what_it_can_and_torch_the_rest() -> None:
     out = CrossEntropyLoss().evaluate(torch.randn(8, 3), torch.randint(0, 3, (8,)))
-    cpu = torch.device("cpu")
-    assert on_host([out, out], cpu, 16)
-    assert not on_host([out], cpu, HOST_VALUES)  # large: torch's index_add_ is faster
-    assert not on_host([out], torch.device("meta"), 8)  # not on the CPU
-    assert not on_host([out, out._replace(p_t=out.p_t.bfloat16())], cpu, 16)  # NumPy has no bfloat16
-    assert not on_host([out._replace(per_sample=out.per_sample.bfloat16())], cpu, 8)
+    assert observed([out, out], on_host=True).on_host
+    assert not observed([out, out], on_host=False).on_host
+    # NumPy has no bfloat16: such outputs are observed in torch, and give the same tables
+    half = out._replace(p_t=out.p_t.bfloat16())
+    batch = observed([out, half], on_host=True)
+    assert not batch.on_host
+    bins = HardnessBins(10, hard_threshold=0.5, easy_threshold=0.9)
+    expected = _table(bins.rows_per_group, 2, *bins.increment(observed([out, half]), torch.float64))
+    assert torch.equal(_table(bins.rows_per_group, 2, *bins.increment(batch, torch.float64)), expected)
+
+
+def test_only_small_flushes_on_the_cpu_run_in_numpy() -> None:
+    out = CrossEntropyLoss().evaluate(torch.randn(8, 3), torch.randint(0, 3, (8,)))
+    record = _StageRecord("train")
+    record.sums = StatisticSums((3, 2), torch.device("cpu"))
+    record.pending, record.pending_values = [out], 8
+    assert _on_host(record)
+    record.pending_values = HOST_VALUES  # many values: torch's index_add_ is faster
+    assert not _on_host(record)
+    record.pending_values, record.sums = 8, StatisticSums((3, 2), torch.device("meta"))
+    assert not _on_host(record)
