@@ -6,9 +6,9 @@ concatenated and added with one ``index_add_`` into a float64 table of sums that
 model's device. A step costs a list append: no tensor operation, no host-device synchronization,
 and no second loss computation. A small flush on the CPU (fewer than :data:`HOST_VALUES` values)
 runs in NumPy on the same memory instead: the same operations, at a fraction of torch's fixed
-cost per operation, which is most of a small flush's time. At the end of an epoch the table is summed over processes
-(:class:`StatisticSums` is a torchmetrics ``Metric`` whose one state has ``dist_reduce_fx="sum"``),
-and only then are means and shares formed.
+cost per operation, which is most of a small flush's time. At the end of an epoch the table is
+summed over processes (:class:`StatisticSums` is a torchmetrics ``Metric`` whose one state has
+``dist_reduce_fx="sum"``), and only then are means and shares formed.
 
 Sums of float32 per-sample losses in float64 are exact while the losses of one epoch span less
 than about :math:`2^{29}` in magnitude, so the order of the additions (one process or several)
@@ -225,6 +225,7 @@ def counted_values(valid: Array, losses: Sequence[Array], dtype: torch.dtype) ->
 
 
 def _numpy_dtype(dtype: torch.dtype) -> np.dtype[Any]:
+    """NumPy's dtype for the torch ``dtype`` (float64, the CPU tables', without building a tensor)."""
     return np.dtype(np.float64) if dtype == torch.float64 else torch.empty((), dtype=dtype).numpy().dtype
 
 

@@ -87,7 +87,7 @@ class _StageRecord:
         self.epoch = self.step = 0  # the trainer's, when the stage ended
         self.sums: StatisticSums | None = None
         self.layout: Layout | None = None
-        self.batches = 0  # that the stage's loop finished in the epoch, when it ended
+        self.batches = 0  # the batches its loop finished in the epoch, read when the stage ended
         self.pending: list[LossOutput] = []  # observed, not yet added to `sums`
         self.pending_values = 0
 
