@@ -231,10 +231,11 @@ class HardnessHistogram(LossStatisticsCallback):
                 )
             )
         self._plot_pending = True
+        fractions = {group: self._fractions(histogram) for group, histogram in histograms.items()}
         metrics = {
             f"hardness/{stage}/{group}/{name}": value
-            for group, histogram in histograms.items()
-            for name, value in self._fractions(histogram).items()
+            for group, values in fractions.items()
+            for name, value in values.items()
         }
         drawn = [
             drawing
@@ -244,12 +245,12 @@ class HardnessHistogram(LossStatisticsCallback):
                 Histogram(f"hardness/{stage}/{group}/p_t_loss", self.edges, histogram.loss_sums),
             )
         ]
-        return StageReport(stage, epoch, step, rows, metrics, drawn, histograms)
+        return StageReport(stage, epoch, step, rows, metrics, drawn, summary=fractions["all"])
 
     def _show(self, trainer: pl.Trainer, reports: list[StageReport]) -> None:
         if self.verbose:
             for epoch, of_epoch in itertools.groupby(reports, key=lambda report: report.epoch):
-                self._print(epoch, [(report.stage, report.summary["all"]) for report in of_epoch])
+                self._print(epoch, [(report.stage, report.summary) for report in of_epoch])
         if self.plot and self._plot_due(reports[-1].epoch):
             self._draw()
 
@@ -262,16 +263,18 @@ class HardnessHistogram(LossStatisticsCallback):
         values["nan_count"] = histogram.nan_count
         return values
 
-    def _print(self, epoch: int, stages: list[tuple[str, GroupHistogram]]) -> None:
-        """One line for the epoch: per stage, the easy / medium / hard shares of samples and of the loss."""
+    def _print(self, epoch: int, stages: list[tuple[str, dict[str, float]]]) -> None:
+        """One line for the epoch: per stage, the easy / medium / hard shares of samples and of the loss.
+
+        ``stages``: each stage's :meth:`_fractions` of its group ``all``.
+        """
         order = tuple(reversed(CATEGORIES))
         parts = []
-        for stage, histogram in sorted(stages, key=lambda item: stage_order(item[0])):
-            values = self._fractions(histogram)
+        for stage, values in sorted(stages, key=lambda item: stage_order(item[0])):
             samples = " / ".join(f"{100 * values[f'{category}_fraction']:.1f}" for category in order)
             loss = " / ".join(f"{100 * values[f'{category}_loss_share']:.1f}" for category in order)
             parts.append(f"{stage}: samples {samples} %, loss {loss} %")
-        nan = sum(int(histogram.nan_count) for _, histogram in stages)
+        nan = sum(int(values["nan_count"]) for _, values in stages)
         line = (
             f"Hardness · epoch {epoch} · easy / medium / hard (p_t ≥ {self.easy_threshold:g}, < "
             f"{self.hard_threshold:g}) · " + " · ".join(parts) + f" · NaN p_t: {nan}"
