@@ -29,6 +29,7 @@ from lossplug.callbacks._accumulate import (
     layout_of,
     observed,
 )
+from lossplug.callbacks._tensorboard import Histogram, log_tensorboard
 from lossplug.functional._validation import check_option
 from lossplug.losses.base import BaseLoss
 from lossplug.mixin import LossMixin
@@ -594,14 +595,6 @@ def class_names_for(
     return [str(index) for index in range(num_classes)]
 
 
-class Histogram(NamedTuple):
-    """A histogram for TensorBoard, as bins: ``len(edges) == len(weights) + 1``."""
-
-    tag: str
-    edges: Sequence[float]
-    weights: Sequence[float]
-
-
 def log_epoch(trainer: pl.Trainer, metrics: dict[str, float], histograms: Sequence[Histogram], step: int) -> None:
     """Log one epoch's scalars to every logger of ``trainer``, and ``histograms`` to TensorBoard.
 
@@ -611,65 +604,9 @@ def log_epoch(trainer: pl.Trainer, metrics: dict[str, float], histograms: Sequen
     """
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            _log_tensorboard(logger, metrics, histograms, step)
+            log_tensorboard(logger, metrics, histograms, step)
         else:
             logger.log_metrics(metrics, step=step)
-
-
-def _log_tensorboard(
-    logger: TensorBoardLogger, metrics: dict[str, float], histograms: Sequence[Histogram], step: int
-) -> None:
-    writer = logger.experiment
-    summaries = [(histogram.tag, _histogram_fields(histogram)) for histogram in histograms]
-    drawn = [(tag, fields) for tag, fields in summaries if fields is not None]
-    get_file_writer = getattr(writer, "_get_file_writer", None)
-    if get_file_writer is None:  # not torch's SummaryWriter: its public calls, one event each
-        logger.log_metrics(metrics, step=step)
-        for tag, fields in drawn:
-            writer.add_histogram_raw(tag, **fields, global_step=step)
-        return
-    from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
-
-    prefix = getattr(logger, "_prefix", "")
-    join = getattr(logger, "LOGGER_JOIN_CHAR", "-")
-    values = [
-        Summary.Value(tag=f"{prefix}{join}{name}" if prefix else name, simple_value=float(value))
-        for name, value in metrics.items()
-    ]
-    for tag, fields in drawn:
-        histogram = HistogramProto(
-            min=fields["min"],
-            max=fields["max"],
-            num=fields["num"],
-            sum=fields["sum"],
-            sum_squares=fields["sum_squares"],
-            bucket_limit=fields["bucket_limits"],
-            bucket=fields["bucket_counts"],
-        )
-        values.append(Summary.Value(tag=tag, histo=histogram))
-    if values:
-        get_file_writer().add_summary(Summary(value=values), step)
-
-
-def _histogram_fields(histogram: Histogram) -> dict[str, Any] | None:
-    """The arguments of ``add_histogram_raw`` for the bins; None when they hold nothing to draw."""
-    weights = [weight if math.isfinite(weight) else 0.0 for weight in histogram.weights]
-    total = math.fsum(weights)
-    filled = [index for index, weight in enumerate(weights) if weight > 0]
-    if total <= 0 or not filled:
-        return None
-    edges = list(histogram.edges)
-    # only bin sums are known: the moments TensorBoard asks for are taken at bin centres
-    centres = [(low + high) / 2 for low, high in itertools.pairwise(edges)]
-    return {
-        "min": edges[filled[0]],
-        "max": edges[filled[-1] + 1],
-        "num": total,
-        "sum": math.fsum(weight * centre for weight, centre in zip(weights, centres, strict=True)),
-        "sum_squares": math.fsum(weight * centre * centre for weight, centre in zip(weights, centres, strict=True)),
-        "bucket_limits": edges[1:],
-        "bucket_counts": weights,
-    }
 
 
 _console: Console | None = None

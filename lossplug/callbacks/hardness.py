@@ -15,7 +15,8 @@ import torch
 from typing_extensions import override
 
 from lossplug.callbacks._accumulate import CATEGORIES, Array, HardnessBins, Layout, Observed, observed
-from lossplug.callbacks._base import Histogram, LossStatisticsCallback, Stage, StageReport, console, share, stage_order
+from lossplug.callbacks._base import LossStatisticsCallback, Stage, StageReport, console, share, stage_order
+from lossplug.callbacks._tensorboard import Histogram
 from lossplug.functional._validation import check_number, check_positive_int
 from lossplug.output import LossOutput
 

@@ -1,0 +1,116 @@
+"""The diagnostics' TensorBoard output: one event per logger call, and TensorBoard's record checksums in C.
+
+Every record of a TensorBoard event file carries two masked CRC-32C checksums. TensorBoard's own
+writer computes them in pure Python (``tensorboard/compat/tensorflow_stub/pywrap_tensorflow.py``),
+on its writer thread, holding the interpreter lock: about 0.1 ms per KB here, 1 % of the default
+``lossplug fit`` for the diagnostics' 2.3 KB per epoch. tensorboardX uses a C CRC-32C when one is
+installed; TensorBoard's writer has no such switch. :func:`use_c_crc32c` gives it google-crc32c's C
+implementation, which returns the same checksums, 500 times faster.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from lightning.pytorch.loggers import TensorBoardLogger
+
+
+class Histogram(NamedTuple):
+    """A histogram for TensorBoard, as bins: ``len(edges) == len(weights) + 1``."""
+
+    tag: str
+    edges: Sequence[float]
+    weights: Sequence[float]
+
+
+def log_tensorboard(
+    logger: TensorBoardLogger, metrics: dict[str, float], histograms: Sequence[Histogram], step: int
+) -> None:
+    """Write ``metrics`` and ``histograms`` to ``logger`` as one event (one record) at ``step``."""
+    writer = logger.experiment
+    summaries = [(histogram.tag, histogram_fields(histogram)) for histogram in histograms]
+    drawn = [(tag, fields) for tag, fields in summaries if fields is not None]
+    get_file_writer = getattr(writer, "_get_file_writer", None)
+    if get_file_writer is None:  # not torch's SummaryWriter: its public calls, one event each
+        logger.log_metrics(metrics, step=step)
+        for tag, fields in drawn:
+            writer.add_histogram_raw(tag, **fields, global_step=step)
+        return
+    use_c_crc32c()
+    from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
+
+    prefix = getattr(logger, "_prefix", "")
+    join = getattr(logger, "LOGGER_JOIN_CHAR", "-")
+    values = [
+        Summary.Value(tag=f"{prefix}{join}{name}" if prefix else name, simple_value=float(value))
+        for name, value in metrics.items()
+    ]
+    for tag, fields in drawn:
+        histogram = HistogramProto(
+            min=fields["min"],
+            max=fields["max"],
+            num=fields["num"],
+            sum=fields["sum"],
+            sum_squares=fields["sum_squares"],
+            bucket_limit=fields["bucket_limits"],
+            bucket=fields["bucket_counts"],
+        )
+        values.append(Summary.Value(tag=tag, histo=histogram))
+    if values:
+        get_file_writer().add_summary(Summary(value=values), step)
+
+
+def histogram_fields(histogram: Histogram) -> dict[str, Any] | None:
+    """The arguments of ``add_histogram_raw`` for the bins; None when they hold nothing to draw."""
+    weights = [weight if math.isfinite(weight) else 0.0 for weight in histogram.weights]
+    total = math.fsum(weights)
+    filled = [index for index, weight in enumerate(weights) if weight > 0]
+    if total <= 0 or not filled:
+        return None
+    edges = list(histogram.edges)
+    # only bin sums are known: the moments TensorBoard asks for are taken at bin centres
+    centres = [(low + high) / 2 for low, high in itertools.pairwise(edges)]
+    return {
+        "min": edges[filled[0]],
+        "max": edges[filled[-1] + 1],
+        "num": total,
+        "sum": math.fsum(weight * centre for weight, centre in zip(weights, centres, strict=True)),
+        "sum_squares": math.fsum(weight * centre * centre for weight, centre in zip(weights, centres, strict=True)),
+        "bucket_limits": edges[1:],
+        "bucket_counts": weights,
+    }
+
+
+_c_crc32c_in_use = False
+
+
+def use_c_crc32c() -> bool:
+    """Have TensorBoard's record writer checksum records with google-crc32c's C CRC-32C; whether it does.
+
+    Replaces the function that ``tensorboard.summary.writer.record_writer`` calls, for the whole
+    process, once; the files written are the same bytes. Nothing changes when the C extension
+    cannot be imported, or when something else has already replaced TensorBoard's function.
+    """
+    global _c_crc32c_in_use
+    if _c_crc32c_in_use:
+        return True
+    try:
+        from google_crc32c import cext
+        from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+        from tensorboard.summary.writer import record_writer
+    except ImportError:
+        return False
+    if getattr(record_writer, "masked_crc32c", None) is not pywrap_tensorflow.masked_crc32c:
+        return False  # not the pure-Python function this replaces (another version, or patched already)
+    value = cext.value
+
+    def masked_crc32c(data: bytes) -> int:
+        crc = value(data)
+        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF  # TensorBoard's (TFRecord's) mask
+
+    record_writer.masked_crc32c = masked_crc32c
+    _c_crc32c_in_use = True
+    return True
