@@ -40,8 +40,8 @@ every other pair the other way round) after a warm-up pair.
   as a share of those fits. Their code on the training thread: the CPU time of their hooks, their
   per-step observer and the mixin's work for them (detaching the record, naming the stage), less
   what the timers count of themselves. TensorBoard's writer thread: its CPU time on the callbacks'
-  records (it computes each record's CRC-32C in pure Python, holding the interpreter lock, so the
-  training thread waits for it). Lightning's hook calls: how many it made on the two callbacks,
+  records (it computes each record's CRC-32C, holding the interpreter lock, so the training thread
+  waits for it; in pure Python unless the callbacks gave it a C one). Lightning's hook calls: how many it made on the two callbacks,
   times what one costs (timed after the fits on a hook neither implements). The config: how much
   longer LightningCLI's saving of the run's config takes with the two callbacks in it (timed after
   the fits). The loss itself costs the same either way for the losses benchmarked here (focal
@@ -51,6 +51,9 @@ every other pair the other way round) after a warm-up pair.
   slow phases (they last seconds, about as long as a fit) disturb least; the ratio of the medians;
   the ratio of the fastest fit of each kind. On a shared virtual machine these move by 10% or more
   from run to run and cannot resolve a few percent.
+* By the training thread's CPU time (third line): the ratio of its medians, on / off. Steadier
+  than the wall clock (it leaves out waits and other processes' time slices), but it counts the
+  account's timers in the fits with the callbacks, and misses TensorBoard's writer thread.
 
 They are skipped, with a message, when ``lossplug.callbacks`` or ``lossplug.cli`` cannot be imported.
 """
@@ -379,7 +382,7 @@ def run_fits(setting: str, pairs: int, epochs: int | None) -> dict[str, Any]:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     checkpoint = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.monitor=val/macro_f1", "--trainer.callbacks.mode=max"]
 
-    def fit(diagnostics: bool) -> tuple[float, Any]:
+    def fit(diagnostics: bool) -> tuple[float, float, Any]:
         with tempfile.TemporaryDirectory() as directory, contextlib.redirect_stdout(io.StringIO()):
             os.chdir(directory)  # the default config logs under the working directory
             args = ["--trainer.enable_progress_bar=false", *FIT_SETTINGS[setting], "--trainer.callbacks=[]", *checkpoint]
@@ -388,26 +391,27 @@ def run_fits(setting: str, pairs: int, epochs: int | None) -> dict[str, Any]:
             if diagnostics:
                 args += [f"--trainer.callbacks+={name}" for name in DIAGNOSTICS]
             cli = build_cli(args=args, run=False)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-            elapsed = time.perf_counter() - start
+            elapsed, cpu = time.perf_counter() - start, time.thread_time() - start_cpu
             for callback in cli.trainer.callbacks:
                 getattr(callback, "wait_for_plot", lambda: None)()  # the PNG of the last run, before the next
             os.chdir(ROOT)
-        return elapsed, cli
+        return elapsed, cpu, cli
 
     account = _DiagnosticsAccount()
     fit(False)
     fit(True)  # warm-up: imports, first-call costs
-    times: dict[str, list[float]] = {"off": [], "on": []}
+    times: dict[str, list[float]] = {"off": [], "on": [], "off_cpu": [], "on_cpu": []}
     parts: dict[str, list[float]] = {"inside": [], "writer": []}
     dispatches: list[int] = []
     cli: Any = None
     for pair in range(pairs):
         for diagnostics in (True, False) if pair % 2 == 0 else (False, True):
             account.reset()
-            elapsed, fitted = fit(diagnostics)
+            elapsed, cpu, fitted = fit(diagnostics)
             times["on" if diagnostics else "off"].append(elapsed)
+            times["on_cpu" if diagnostics else "off_cpu"].append(cpu)
             if diagnostics:
                 cli = fitted
                 parts["inside"].append(account.inside_s() / elapsed)
@@ -723,6 +727,7 @@ def _diagnostics_lines(fits: dict[str, dict[str, Any] | str], why_not: str | Non
             lines.append(f"diagnostics overhead, {setting}: failed ({run})")
             continue
         on, off = run["times"]["on"], run["times"]["off"]
+        cpu_on, cpu_off = statistics.median(run["times"]["on_cpu"]), statistics.median(run["times"]["off_cpu"])
         paired = statistics.median(a / b for a, b in zip(on, off, strict=True))
         shares = {name: statistics.median(values) for name, values in run["parts"].items()}
         total = sum(shares.values())
@@ -735,7 +740,9 @@ def _diagnostics_lines(fits: dict[str, dict[str, Any] | str], why_not: str | Non
             f"each) + the longer config's saving {shares['save_config']:.2%} ({run['save_config_ms']:.1f} ms)\n"
             f"  by the wall clock {paired:.3f}x (median over pairs); medians {statistics.median(on):.2f} s vs "
             f"{statistics.median(off):.2f} s = {statistics.median(on) / statistics.median(off):.3f}x; fastest fits "
-            f"{min(on):.2f} s vs {min(off):.2f} s = {min(on) / min(off):.3f}x"
+            f"{min(on):.2f} s vs {min(off):.2f} s = {min(on) / min(off):.3f}x\n"
+            f"  by the training thread's CPU time (the account's timers included) {cpu_on / cpu_off:.3f}x; medians "
+            f"{cpu_on:.2f} s vs {cpu_off:.2f} s"
         )
     return "\n".join(lines)
 
