@@ -369,6 +369,7 @@ def run_fits(setting: str, pairs: int, epochs: int | None) -> dict[str, Any]:
     """Time ``trainer.fit`` of ``lossplug fit`` with and without the diagnostics, in pairs, in this process,
     and take the account of what the diagnostics cost inside the fits with them."""
     import contextlib
+    import gc
     import io
     import logging
     import warnings
@@ -391,6 +392,7 @@ def run_fits(setting: str, pairs: int, epochs: int | None) -> dict[str, Any]:
             if diagnostics:
                 args += [f"--trainer.callbacks+={name}" for name in DIAGNOSTICS]
             cli = build_cli(args=args, run=False)
+            gc.collect()  # a full collection takes 0.3-0.4 s here; left to chance it would land in some fits
             start, start_cpu = time.perf_counter(), time.thread_time()
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)
             elapsed, cpu = time.perf_counter() - start, time.thread_time() - start_cpu
