@@ -103,7 +103,7 @@ def histogram_fields(histogram: Histogram) -> dict[str, Any] | None:
     }
 
 
-_c_crc32c_in_use = False
+_c_crc32c_in_use: bool | None = None  # None until decided: the imports and checks run once per process
 
 
 def use_c_crc32c() -> bool:
@@ -111,11 +111,16 @@ def use_c_crc32c() -> bool:
 
     Replaces the function that ``tensorboard.summary.writer.record_writer`` calls, for the whole
     process, once; the files written are the same bytes. Nothing changes when the C extension
-    cannot be imported, or when something else has already replaced TensorBoard's function.
+    cannot be imported, or when something else has already replaced TensorBoard's function. Decided
+    on the first call; later calls return that decision.
     """
     global _c_crc32c_in_use
-    if _c_crc32c_in_use:
-        return True
+    if _c_crc32c_in_use is None:
+        _c_crc32c_in_use = _replace_crc32c()
+    return _c_crc32c_in_use
+
+
+def _replace_crc32c() -> bool:
     try:
         from google_crc32c import cext
         from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
@@ -131,5 +136,4 @@ def use_c_crc32c() -> bool:
         return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF  # TensorBoard's (TFRecord's) mask
 
     record_writer.masked_crc32c = masked_crc32c
-    _c_crc32c_in_use = True
     return True

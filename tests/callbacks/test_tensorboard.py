@@ -25,7 +25,7 @@ from lossplug.losses import CrossEntropyLoss
 def pure_python_crc(monkeypatch: pytest.MonkeyPatch) -> None:
     """TensorBoard's own checksum in its writer, as in a process where the callbacks have not logged yet."""
     monkeypatch.setattr(record_writer, "masked_crc32c", pywrap_tensorflow.masked_crc32c)
-    monkeypatch.setattr(_tensorboard, "_c_crc32c_in_use", False)
+    monkeypatch.setattr(_tensorboard, "_c_crc32c_in_use", None)
 
 
 def records(data: list[bytes]) -> bytes:
