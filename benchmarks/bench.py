@@ -40,9 +40,10 @@ every other pair the other way round) after a warm-up pair.
   as a share of those fits. Their code on the training thread: the CPU time of their hooks, their
   per-step observer and the mixin's work for them (detaching the record, naming the stage), less
   what the timers count of themselves. TensorBoard's writer thread: its CPU time on the callbacks'
-  records (it computes each record's CRC-32C, holding the interpreter lock, so the training thread
-  waits for it; in pure Python unless the callbacks gave it a C one). Lightning's hook calls: how many it made on the two callbacks,
-  times what one costs (timed after the fits on a hook neither implements). The config: how much
+  records (it computes each record's CRC-32C, in C once the callbacks have logged, and writes it,
+  holding the interpreter lock, so the training thread waits for it). Lightning's hook calls: how
+  many it made on the two callbacks, times what one costs (timed after the fits on a hook neither
+  implements). The config: how much
   longer LightningCLI's saving of the run's config takes with the two callbacks in it (timed after
   the fits). The loss itself costs the same either way for the losses benchmarked here (focal
   loss's ``forward`` is its ``evaluate``). This is steadier than the wall clock because each part
@@ -444,7 +445,7 @@ class _DiagnosticsAccount:
       less the timers' own cost. CPU time, not wall time: a wait for the interpreter lock there is
       TensorBoard's writer thread at work, counted next.
     * ``writer``: CPU time of TensorBoard's writer thread on the diagnostics' records (it computes each
-      record's CRC-32C in pure Python, holding the interpreter lock).
+      record's CRC-32C and writes it, holding the interpreter lock).
     * ``dispatches``: Lightning's calls of a hook on one of the two callbacks (priced by :func:`_dispatch_cost`).
     """
 
