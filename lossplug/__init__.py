@@ -2,8 +2,9 @@
 
 import warnings
 
-from lossplug.mixin import LossLike, LossMixin, build_loss, loss_config
+from lossplug.mixin import LossLike, LossMixin
 from lossplug.output import LossOutput
+from lossplug.serialization import build_loss, loss_config
 
 # Lightning rebuilds LightningCLI checkpoints with a jsonargparse call that jsonargparse deprecates;
 # the warning reaches users of `load_from_checkpoint`, who can do nothing about it

@@ -11,7 +11,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, TensorDataset
 
-from lossplug.functional._validation import check_number, check_positive_int
+from lossplug.shared_checks import check_number, check_positive_int
 
 
 class DigitsDataModule(L.LightningDataModule):

@@ -10,8 +10,8 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
 
-from lossplug.functional._validation import check_number, check_positive_int
 from lossplug.mixin import LossLike, LossMixin
+from lossplug.shared_checks import check_number, check_positive_int
 
 
 class DemoClassifier(LossMixin, L.LightningModule):

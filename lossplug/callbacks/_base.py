@@ -31,10 +31,10 @@ from lossplug.callbacks._accumulate import (
     observed,
 )
 from lossplug.callbacks._tensorboard import Histogram, LoggedValues, log_tensorboard
-from lossplug.functional._validation import check_option
 from lossplug.losses.base import BaseLoss
 from lossplug.mixin import LossMixin
 from lossplug.output import LossOutput
+from lossplug.shared_checks import check_option
 
 Stage: TypeAlias = Literal["train", "validate", "test"]
 """A stage whose loss statistics a callback collects (the values of ``trainer.state.stage``)."""

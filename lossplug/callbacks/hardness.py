@@ -17,8 +17,8 @@ from typing_extensions import override
 from lossplug.callbacks._accumulate import CATEGORIES, Array, HardnessBins, Layout, Observed, observed
 from lossplug.callbacks._base import LossStatisticsCallback, Stage, StageReport, console, share, stage_order
 from lossplug.callbacks._tensorboard import Histogram
-from lossplug.functional._validation import check_number, check_positive_int
 from lossplug.output import LossOutput
+from lossplug.shared_checks import check_number, check_positive_int
 
 _DRAWING_INTERVAL_FACTOR = 50.0
 """Without ``plot_every_n_epochs``, the PNG is redrawn when 50 times the last drawing's duration has

@@ -25,8 +25,8 @@ from lossplug.callbacks._base import (
     share,
     stage_order,
 )
-from lossplug.functional._validation import check_number, check_positive_int
 from lossplug.output import LossOutput
+from lossplug.shared_checks import check_number, check_positive_int
 
 TOTAL = "total"
 """The ``term`` of the rows for the whole loss (a :class:`~lossplug.losses.WeightedSum`'s terms have their names)."""

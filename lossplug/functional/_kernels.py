@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lossplug.functional._validation import check_probability_target
+from lossplug.shared_checks import check_probability_target
 
 #: Elements per chunk: just below torch's intra-op grain size (32768), so that torch runs every
 #: operation on a chunk on the thread that calls it, and a multiple of 16 (chunks start 64-byte

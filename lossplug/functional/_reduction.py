@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lossplug.functional._validation import Reduction
+from lossplug.shared_checks import Reduction
 
 
 def reduce_loss(per_sample: Tensor, reduction: Reduction, denominator: Tensor | None = None) -> Tensor:

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lossplug.functional._reduction import reduce_loss
-from lossplug.functional._validation import Reduction, check_embeddings, check_number, check_reduction
 from lossplug.functional.cross_entropy import upcast
 from lossplug.output import LossOutput
+from lossplug.shared_checks import Reduction, check_embeddings, check_number, check_reduction
 
 
 def _margin_target_cosine(cosine: Tensor, margin: float, easy_margin: bool) -> tuple[Tensor, Tensor]:

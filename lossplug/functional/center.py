@@ -9,9 +9,9 @@ import torch.distributed as dist
 from torch import Tensor
 
 from lossplug.functional._reduction import reduce_loss
-from lossplug.functional._validation import Reduction, check_embeddings, check_number, check_reduction
 from lossplug.functional.cross_entropy import upcast
 from lossplug.output import LossOutput
+from lossplug.shared_checks import Reduction, check_embeddings, check_number, check_reduction
 
 
 def _check_centers(centers: Tensor) -> None:

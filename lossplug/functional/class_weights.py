@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lossplug.functional._validation import AlphaStrategy, check_number, check_option
+from lossplug.shared_checks import AlphaStrategy, check_number, check_option
 
 
 def class_weights_from_counts(

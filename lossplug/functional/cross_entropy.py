@@ -8,7 +8,8 @@ from torch import Tensor
 
 from lossplug.functional._kernels import binary_probability_of_target
 from lossplug.functional._reduction import reduce_loss
-from lossplug.functional._validation import (
+from lossplug.output import LossOutput
+from lossplug.shared_checks import (
     ClassWeight,
     Reduction,
     alpha_vector,
@@ -21,7 +22,6 @@ from lossplug.functional._validation import (
     check_reduction,
     check_same_device,
 )
-from lossplug.output import LossOutput
 
 
 def upcast(tensor: Tensor) -> Tensor:

@@ -21,7 +21,15 @@ from lossplug.functional._kernels import (
     use_chunked_kernel,
 )
 from lossplug.functional._reduction import reduce_loss
-from lossplug.functional._validation import (
+from lossplug.functional.cross_entropy import (
+    binary_num_classes,
+    class_log_probs,
+    counted_targets,
+    sample_weights,
+    upcast,
+)
+from lossplug.output import LossOutput
+from lossplug.shared_checks import (
     ClassWeight,
     Reduction,
     alpha_vector,
@@ -33,14 +41,6 @@ from lossplug.functional._validation import (
     check_probability_target,
     check_reduction,
 )
-from lossplug.functional.cross_entropy import (
-    binary_num_classes,
-    class_log_probs,
-    counted_targets,
-    sample_weights,
-    upcast,
-)
-from lossplug.output import LossOutput
 
 Normalization: TypeAlias = Literal["elements", "positives"]
 

@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lossplug.functional import _validation as checks
-from lossplug.functional._validation import Reduction
+from lossplug import shared_checks as checks
 from lossplug.functional.arcface import arcface_loss_output, check_arcface_args
 from lossplug.losses.base import BaseLoss
 from lossplug.output import LossOutput
+from lossplug.shared_checks import Reduction
 
 
 class ArcFaceLoss(BaseLoss):

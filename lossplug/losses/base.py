@@ -10,9 +10,9 @@ from typing import Any, ClassVar, Literal, TypeAlias
 import torch
 from torch import Tensor, nn
 
-from lossplug.functional._validation import AlphaStrategy, ClassWeight, as_class_weight, check_number
 from lossplug.functional.class_weights import class_weights_from_counts
 from lossplug.output import LossOutput
+from lossplug.shared_checks import AlphaStrategy, ClassWeight, as_class_weight, check_number
 
 InputKind: TypeAlias = Literal["logits", "embeddings"]
 TargetKind: TypeAlias = Literal["index", "probability"]

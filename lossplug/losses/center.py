@@ -7,11 +7,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from lossplug.functional import _validation as checks
-from lossplug.functional._validation import Reduction
+from lossplug import shared_checks as checks
 from lossplug.functional.center import center_loss_output, update_centers_
 from lossplug.losses.base import BaseLoss
 from lossplug.output import LossOutput
+from lossplug.shared_checks import Reduction
 
 
 class CenterLoss(BaseLoss):

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lossplug.functional import _validation as checks
-from lossplug.functional._validation import AlphaStrategy, Reduction
+from lossplug import shared_checks as checks
 from lossplug.functional.cross_entropy import binary_cross_entropy_output, cross_entropy_output
 from lossplug.losses.base import BaseLoss, ClassWeightedLoss
 from lossplug.output import LossOutput
+from lossplug.shared_checks import AlphaStrategy, Reduction
 
 
 class CrossEntropyLoss(BaseLoss):

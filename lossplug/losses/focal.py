@@ -6,8 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from lossplug.functional import _validation as checks
-from lossplug.functional._validation import AlphaStrategy, Reduction
+from lossplug import shared_checks as checks
 from lossplug.functional.focal import (
     Normalization,
     _check_binary_focal_args,
@@ -17,6 +16,7 @@ from lossplug.functional.focal import (
 )
 from lossplug.losses.base import BaseLoss, ClassWeightedLoss
 from lossplug.output import LossOutput
+from lossplug.shared_checks import AlphaStrategy, Reduction
 
 
 class FocalLoss(ClassWeightedLoss):

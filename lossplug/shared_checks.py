@@ -1,4 +1,4 @@
-"""Argument and tensor checks shared by every loss.
+"""Argument and tensor checks shared across lossplug: by the losses, the models, the data and the callbacks.
 
 Each check raises with the argument's name, what was expected and what was received. Checks of
 argument values run once (at construction for modules); checks of tensor *values* (target range)
