@@ -96,6 +96,10 @@ class BaseLoss(nn.Module):
         """Whether :meth:`set_class_counts` must be called before the loss can be evaluated."""
         return False
 
+    def set_epoch(self, epoch: int) -> None:
+        """Tell the loss which training epoch runs (0-based); :class:`~lossplug.mixin.LossMixin` calls it at
+        every training step. A no-op, except for losses with a schedule over epochs."""
+
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # weights resolved from class counts are empty (None) buffers until resolved: take their shape
         # from the checkpoint, so that a saved run loads into a freshly configured loss

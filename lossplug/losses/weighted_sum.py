@@ -122,6 +122,10 @@ class WeightedSum(BaseLoss):
     def needs_class_counts(self) -> bool:
         return any(term.needs_class_counts for term in self._terms().values())
 
+    def set_epoch(self, epoch: int) -> None:
+        for term in self._terms().values():
+            term.set_epoch(epoch)
+
     def extra_repr(self) -> str:
         return f"weights={self.weights}"
 
