@@ -62,7 +62,7 @@ def build_loss(config: Mapping[str, Any] | nn.Module) -> nn.Module:
 
     Example:
         >>> build_loss({"class_path": "FocalLoss", "init_args": {"gamma": 1.0}})
-        FocalLoss(gamma=1.0, alpha=None, beta=0.999, ignore_index=-100, reduction='mean', validate_args=True)
+        FocalLoss(gamma=1.0, alpha=None, beta=None, ignore_index=-100, reduction='mean', validate_args=True)
     """
     if isinstance(config, nn.Module):
         return config

@@ -13,6 +13,15 @@ from lossplug.functional.cross_entropy import (
     cross_entropy_output,
 )
 from lossplug.functional.focal import binary_focal_loss, binary_focal_loss_output, focal_loss, focal_loss_output
+from lossplug.functional.ldam import drw_class_weights, ldam_loss, ldam_loss_output, ldam_margins
+from lossplug.functional.logit_adjusted import (
+    balanced_softmax_loss,
+    balanced_softmax_loss_output,
+    log_class_prior,
+    logit_adjusted_loss,
+    logit_adjusted_loss_output,
+)
+from lossplug.functional.poly import poly_loss, poly_loss_output
 
 __all__ = [
     "arcface_logits",
@@ -20,6 +29,8 @@ __all__ = [
     "arcface_loss_output",
     "balanced_cross_entropy",
     "balanced_cross_entropy_output",
+    "balanced_softmax_loss",
+    "balanced_softmax_loss_output",
     "binary_cross_entropy",
     "binary_cross_entropy_output",
     "binary_focal_loss",
@@ -29,7 +40,16 @@ __all__ = [
     "class_weights_from_counts",
     "cross_entropy",
     "cross_entropy_output",
+    "drw_class_weights",
     "focal_loss",
     "focal_loss_output",
+    "ldam_loss",
+    "ldam_loss_output",
+    "ldam_margins",
+    "log_class_prior",
+    "logit_adjusted_loss",
+    "logit_adjusted_loss_output",
+    "poly_loss",
+    "poly_loss_output",
     "update_centers_",
 ]

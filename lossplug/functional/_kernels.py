@@ -36,8 +36,13 @@ backward would allocate anyway, allocated earlier. Half-precision inputs (whose 
 rounded twice) and a second backward of a retained graph compute it in backward, with the same
 operations, so both give the same bits.
 
-The kernels run in eager mode on CPU tensors. While ``torch.compile`` traces, and on other devices,
-the callers use :class:`BinaryFocal`, a whole-tensor closed form that the compiler fuses.
+The kernels run in eager mode on CPU tensors. While ``torch.compile`` traces, under ``torch.func``
+transforms (whose wrapped tensors have no storage to chunk, and which cannot see through the
+worker threads), and on other devices, the callers use :class:`BinaryFocal`, a whole-tensor closed
+form that the compiler fuses and that ``grad`` and ``vmap`` transform. The chunked Functions keep the
+``forward(ctx, ...)`` form: their forward decides what to keep for backward (the gradient it
+computed, each chunk's target kind), which the ``setup_context`` form has no place for, and they
+never run under a transform.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lossplug.shared_checks import check_probability_target
+from lossplug.shared_checks import check_probability_target, is_traced
 
 #: Elements per chunk: just below torch's intra-op grain size (32768), so that torch runs every
 #: operation on a chunk on the thread that calls it, and a multiple of 16 (chunks start 64-byte
@@ -72,8 +77,8 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def use_chunked_kernel(input: Tensor) -> bool:
-    """Whether the chunked kernels apply: eager mode (not traced by ``torch.compile``) on a CPU tensor."""
-    return input.device.type == "cpu" and not torch.compiler.is_compiling()
+    """Whether the chunked kernels apply: a CPU tensor in eager mode (not traced, see :func:`is_traced`)."""
+    return input.device.type == "cpu" and not is_traced()
 
 
 def alpha_coefficients(alpha: float | None) -> tuple[float, float]:
@@ -124,14 +129,22 @@ def binary_probability_of_target(input: Tensor, target: Tensor) -> Tensor:
 class BinaryFocal(torch.autograd.Function):
     """Element-wise sigmoid focal loss on whole tensors; saves only its inputs, recomputes in backward.
 
-    The path for ``torch.compile`` (which fuses it into one loop) and for non-CPU devices.
+    The path for ``torch.compile`` (which fuses it into one loop), ``torch.func`` transforms and
+    non-CPU devices. Written in the ``setup_context`` form with a generated vmap rule, so that
+    ``torch.func.grad`` and ``vmap`` (per-sample gradients) go through its closed-form gradient.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx: Any, input: Tensor, target: Tensor, gamma: float, alpha: float | None) -> Tensor:
+    def forward(input: Tensor, target: Tensor, gamma: float, alpha: float | None) -> Tensor:
+        return binary_focal_forward(input, target, gamma, alpha)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        input, target, gamma, alpha = inputs
         ctx.save_for_backward(input, target)
         ctx.gamma, ctx.alpha = gamma, alpha
-        return binary_focal_forward(input, target, gamma, alpha)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None, None, None]:
@@ -228,14 +241,14 @@ def _target_kind(t: Tensor, scratch: Tensor) -> int:
 
     With every value in [0, 1], each :math:`t - t^2` is non-negative (also after rounding) and zero
     only at 0 and 1, so their sum is zero exactly when every target is hard: no cancellation, and a
-    nonzero term cannot round away. NaN targets are not out of range (as in the argument check) and
-    count as soft.
+    nonzero term cannot round away. NaN is out of range, as in the argument check
+    (:func:`~lossplug.shared_checks.check_probability_target`); ``aminmax`` propagates it, and both
+    comparisons below are false for it. Out-of-range chunks are computed with the general closed form,
+    as soft ones (what ``validate_args=False`` gets).
     """
     low, high = (value.item() for value in torch.aminmax(t))
-    if low < 0 or high > 1:
+    if not (low >= 0 and high <= 1):
         return _OUT_OF_RANGE
-    if not (low >= 0 and high <= 1):  # NaN, which aminmax propagates: look at every value
-        return _OUT_OF_RANGE if bool(((t < 0) | (t > 1)).any()) else _SOFT
     residual = torch.addcmul(t, t, t, value=-1.0, out=scratch)
     return _HARD if residual.sum().item() == 0 else _SOFT
 

@@ -1,4 +1,9 @@
-r"""ArcFace: additive angular margin loss (Deng et al. 2019)."""
+r"""ArcFace: additive angular margin loss (Deng et al. 2019).
+
+Eager calls build the margin logits in place (:class:`_MarginLogits`); while ``torch.compile`` traces
+and under ``torch.func`` transforms, the plain composition with :class:`_AngularMargin` (a
+``setup_context`` Function with a generated vmap rule) gives the same values and gradients.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from torch import Tensor
 from lossplug.functional._reduction import reduce_loss
 from lossplug.functional.cross_entropy import upcast
 from lossplug.output import LossOutput
-from lossplug.shared_checks import Reduction, check_embeddings, check_number, check_reduction
+from lossplug.shared_checks import Reduction, check_bool, check_embeddings, check_number, check_reduction, is_traced
 
 
 def _margin_target_cosine(cosine: Tensor, margin: float, easy_margin: bool) -> tuple[Tensor, Tensor]:
@@ -35,13 +40,22 @@ def _margin_target_cosine(cosine: Tensor, margin: float, easy_margin: bool) -> t
 
 
 class _AngularMargin(torch.autograd.Function):
-    """psi(cos theta) with a derivative that is finite at cos theta = +-1 (no acos, no bare sqrt)."""
+    """psi(cos theta) with a derivative that is finite at cos theta = +-1 (no acos, no bare sqrt).
+
+    In the ``setup_context`` form with a generated vmap rule, for ``torch.func.grad`` and ``vmap``.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx: Any, cosine: Tensor, margin: float, easy_margin: bool) -> Tensor:
+    def forward(cosine: Tensor, margin: float, easy_margin: bool) -> Tensor:
+        return _margin_target_cosine(cosine, margin, easy_margin)[0]
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        cosine, margin, easy_margin = inputs
         ctx.save_for_backward(cosine)
         ctx.margin, ctx.easy_margin = margin, easy_margin
-        return _margin_target_cosine(cosine, margin, easy_margin)[0]
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None, None]:
@@ -58,7 +72,9 @@ class _MarginLogits(torch.autograd.Function):
     three, and nothing full-size is kept for backward but what the matrix products need (the two
     normalized inputs) and the target cosines. Backward scales the incoming gradient once, puts
     :math:`g_{iy}\, s\, \psi'(\cos\theta_y)` in the target column, and multiplies back. A double
-    backward (``create_graph=True``) takes the same formula written differentiably.
+    backward (``create_graph=True``) takes the same formula written differentiably. Eager-only (it
+    keeps an intermediate, the target cosines, which the ``setup_context`` form would have to return):
+    traced and transformed calls take the composition with :class:`_AngularMargin`.
     """
 
     @staticmethod
@@ -89,11 +105,28 @@ class _MarginLogits(torch.autograd.Function):
         return grad_embeddings, grad_weight, None, None, None, None
 
 
-def check_arcface_args(scale: float, margin: float) -> tuple[float, float]:
-    """Check ``scale > 0`` and ``margin`` in ``[0, pi/2)``."""
+def check_arcface_args(scale: float, margin: float, easy_margin: bool = False) -> tuple[float, float, bool]:
+    """Check ``scale > 0``, ``margin`` in ``[0, pi/2)`` (both finite) and that ``easy_margin`` is a bool."""
     scale = check_number("scale", scale, 0.0, low_closed=False)
     margin = check_number("margin", margin, 0.0, math.pi / 2, high_closed=False, high_text="pi/2")
-    return scale, margin
+    return scale, margin, check_bool("easy_margin", easy_margin)
+
+
+def _normalized(embeddings: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Unit-norm embeddings and class weights, in their promoted dtype and at least float32."""
+    dtype = torch.promote_types(upcast(embeddings).dtype, upcast(weight).dtype)  # half is computed in float32
+    return F.normalize(embeddings.to(dtype), dim=1), F.normalize(weight.to(dtype), dim=1)
+
+
+def cosine_logits(embeddings: Tensor, weight: Tensor, scale: float) -> Tensor:
+    r"""Class scores :math:`s \cos\theta_j` without the margin ``(N, C)``, in at least float32.
+
+    Embeddings and weights of different dtypes (float16 embeddings, float32 weights) are computed in
+    their promoted dtype, as :func:`arcface_logits` computes them.
+    """
+    normalized_embeddings, normalized_weight = _normalized(embeddings, weight)
+    # under autocast, linear gives half precision: the scores come back in the computed dtype
+    return F.linear(normalized_embeddings, normalized_weight).to(normalized_embeddings.dtype) * scale
 
 
 def arcface_logits(
@@ -104,11 +137,10 @@ def arcface_logits(
     Shapes: ``embeddings`` ``(N, D)``, ``target`` ``(N,)``, ``weight`` ``(C, D)``; returns ``(N, C)``
     in at least float32.
     """
-    dtype = torch.promote_types(upcast(embeddings).dtype, upcast(weight).dtype)  # half is computed in float32
-    normalized_embeddings = F.normalize(embeddings.to(dtype), dim=1)
-    normalized_weight = F.normalize(weight.to(dtype), dim=1)
+    check_bool("easy_margin", easy_margin)
+    normalized_embeddings, normalized_weight = _normalized(embeddings, weight)
     index = target.long().unsqueeze(1)
-    if not torch.compiler.is_compiling():  # eager: no extra full-size copies (see _MarginLogits)
+    if not is_traced():  # eager: no extra full-size copies (see _MarginLogits)
         return _MarginLogits.apply(normalized_embeddings, normalized_weight, index, scale, margin, easy_margin)
     cosine = F.linear(normalized_embeddings, normalized_weight)
     target_cosine = cosine.gather(1, index).squeeze(1)
@@ -154,8 +186,9 @@ def arcface_loss_output(
         >>> round(out.loss.item(), 4), round(out.p_t.item(), 4)
         (1.8697, 0.1542)
     """
-    scale, margin = check_arcface_args(scale, margin)
+    scale, margin, easy_margin = check_arcface_args(scale, margin, easy_margin)
     check_reduction(reduction)
+    check_bool("validate_args", validate_args)
     if not isinstance(weight, Tensor) or weight.ndim != 2:
         raise ValueError(f"Expected `weight` of shape (num_classes, embedding_dim), but got {_shape(weight)}.")
     check_embeddings("embeddings", embeddings, target, weight.shape[1], weight.shape[0], validate_args)

@@ -1,4 +1,9 @@
-r"""Center loss (Wen et al. 2016) and its moving-average center update."""
+r"""Center loss (Wen et al. 2016) and its moving-average center update.
+
+Eager calls use the closed-form :class:`_CenterDistance`; while ``torch.compile`` traces and under
+``torch.func`` transforms, the plain formula (which the compiler fuses and ``grad``/``vmap``
+transform) gives the same values and gradients.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from torch import Tensor
 from lossplug.functional._reduction import reduce_loss
 from lossplug.functional.cross_entropy import upcast
 from lossplug.output import LossOutput
-from lossplug.shared_checks import Reduction, check_embeddings, check_number, check_reduction
+from lossplug.shared_checks import Reduction, check_bool, check_embeddings, check_number, check_reduction, is_traced
 
 
 def _check_centers(centers: Tensor) -> None:
@@ -26,7 +31,9 @@ class _CenterDistance(torch.autograd.Function):
     Forward gathers :math:`c_{y_i}` and turns that buffer into :math:`x_i - c_{y_i}` in place (the one
     full-size tensor it keeps); the squared norms are batched dot products, with no squared
     temporary. Backward scales the saved difference once (:math:`g_i (x_i - c_{y_i})`, the feature
-    gradient) and scatter-adds its negative into the centers' gradient.
+    gradient) and scatter-adds its negative into the centers' gradient. Eager-only (``out=`` and
+    in-place operations, which ``vmap`` does not batch): traced and transformed calls take the plain
+    formula.
     """
 
     @staticmethod
@@ -83,9 +90,10 @@ def center_loss_output(
         tensor(6.2500)
     """
     check_reduction(reduction)
+    check_bool("validate_args", validate_args)
     _check_centers(centers)
     check_embeddings("features", features, target, centers.shape[1], centers.shape[0], validate_args)
-    if torch.compiler.is_compiling():  # traced: the plain formula, which the compiler fuses
+    if is_traced():  # compiled or transformed: the plain formula, which the compiler fuses
         difference = upcast(features) - centers.index_select(0, target.long()).to(upcast(features).dtype)
         per_sample = 0.5 * difference.pow(2).sum(dim=1)
     else:

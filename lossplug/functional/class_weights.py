@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lossplug.shared_checks import AlphaStrategy, check_number, check_option
+from lossplug.shared_checks import AlphaStrategy, check_class_counts, check_number, check_option
 
 
 def class_weights_from_counts(
@@ -20,10 +20,10 @@ def class_weights_from_counts(
         w_c \propto \frac{1 - \beta}{1 - \beta^{n_c}} \ (\text{effective number, Cui et al. 2019})
 
     The scale does not change a ``"mean"`` loss, which divides by the sum of the weights; a maximum of
-    1 keeps them valid focal ``alpha`` values.
+    1 keeps a ``"sum"`` loss on the scale of an unweighted one.
 
     Args:
-        class_counts: Samples per class ``(C,)``; every class needs at least one.
+        class_counts: Samples per class ``(C,)``: whole numbers, every class at least one.
         strategy: ``"inverse_frequency"`` or ``"effective_number"``.
         beta: For ``"effective_number"``, in ``[0, 1)``; 0 gives equal weights, values near 1 approach
             inverse frequency.
@@ -34,9 +34,7 @@ def class_weights_from_counts(
     """
     check_option("strategy", strategy, ("inverse_frequency", "effective_number"))
     beta = check_number("beta", beta, 0.0, 1.0, high_closed=False)
-    counts = torch.as_tensor(class_counts, dtype=torch.float64)
-    if counts.ndim != 1 or counts.numel() == 0:
-        raise ValueError(f"Expected `class_counts` to be a non-empty 1-d sequence, but got shape {tuple(counts.shape)}.")
+    counts = check_class_counts(class_counts)
     empty = (counts <= 0).nonzero().flatten().tolist()
     if empty:
         raise ValueError(

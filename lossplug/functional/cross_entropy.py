@@ -13,15 +13,22 @@ from lossplug.shared_checks import (
     ClassWeight,
     Reduction,
     alpha_vector,
-    check_class_weight_length,
+    check_bool,
     check_floating,
     check_index_target,
+    check_int,
     check_logits,
     check_number,
     check_probability_target,
     check_reduction,
     check_same_device,
+    check_weight_values,
+    checks_values,
+    class_weight_tensor,
 )
+
+#: The default ``ignore_index`` (torch's): with class-probability targets, the only accepted value.
+DEFAULT_IGNORE_INDEX = -100
 
 
 def upcast(tensor: Tensor) -> Tensor:
@@ -48,6 +55,17 @@ def class_log_probs(input: Tensor, target: Tensor, ignore_index: int) -> tuple[T
     return log_probs, log_p_t, valid, safe_target
 
 
+def model_p_t(input: Tensor, safe_target: Tensor) -> Tensor:
+    """The model's own softmax probability of each sample's class, detached, without a full softmax.
+
+    Args:
+        input: Logits ``(N, C, d1, ...)`` (already in at least float32).
+        safe_target: Class indices ``(N, d1, ...)`` with ignored entries set to a valid class.
+    """
+    logits = input.detach()
+    return (logits.gather(1, safe_target.unsqueeze(1)).squeeze(1) - logits.logsumexp(dim=1)).exp()
+
+
 def counted_targets(target: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
     """The mask of samples that count, and the target with ignored entries set to class 0 (safe to gather with)."""
     valid = target != ignore_index
@@ -61,16 +79,10 @@ def sample_weights(weight: Tensor | None, safe_target: Tensor, valid: Tensor) ->
     return torch.where(valid, weight[safe_target], torch.zeros((), dtype=weight.dtype, device=weight.device))
 
 
-def _check_weight_tensor(name: str, weight: Tensor | None, input: Tensor) -> None:
-    if weight is not None:
-        check_class_weight_length(name, weight, input.shape[1])
-        check_same_device(input=input, **{name: weight})
-
-
 def cross_entropy_output(
     input: Tensor,
     target: Tensor,
-    weight: Tensor | None = None,
+    weight: Tensor | ClassWeight | None = None,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     reduction: Reduction = "mean",
@@ -93,11 +105,13 @@ def cross_entropy_output(
     Args:
         input: Logits of shape ``(N, C)`` or ``(N, C, d1, ...)``.
         target: Class indices ``(N, d1, ...)``, or class probabilities shaped like ``input``.
-        weight: Class weights ``(C,)``.
-        ignore_index: Targets equal to this do not count (class-index targets only).
+        weight: Class weights ``(C,)``, finite and ``>= 0``: a tensor on ``input``'s device, or a sequence.
+        ignore_index: Targets equal to this do not count. Class-index targets only: with
+            class-probability targets, anything but the default ``-100`` is an error.
         label_smoothing: :math:`\varepsilon` in ``[0, 1]``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-sample, zero where ignored).
-        validate_args: Check target values (one host-device sync per call).
+        validate_args: Check target values, and the values of a tensor ``weight`` (one host-device
+            sync per call).
 
     Example:
         >>> logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
@@ -105,12 +119,41 @@ def cross_entropy_output(
         >>> round(out.loss.item(), 4), [round(p, 4) for p in out.p_t.tolist()]
         (0.8606, [0.8438, 0.2119])
     """
+    return checked_cross_entropy_output(
+        input, target, weight, ignore_index, label_smoothing, reduction, validate_args, weight_checked=False
+    )
+
+
+def checked_cross_entropy_output(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | ClassWeight | None,
+    ignore_index: int,
+    label_smoothing: float,
+    reduction: Reduction,
+    validate_args: bool,
+    weight_checked: bool,
+) -> LossOutput:
+    """:func:`cross_entropy_output`; with ``weight_checked``, the values of a tensor ``weight`` are trusted.
+
+    For the modules, whose weight buffers were checked when they were made: checking them again on
+    every call would cost a host-device sync each time.
+    """
     check_logits(input)
+    ignore_index = check_int("ignore_index", ignore_index)
     check_number("label_smoothing", label_smoothing, 0.0, 1.0)
     check_reduction(reduction)
-    _check_weight_tensor("weight", weight, input)
+    check_bool("validate_args", validate_args)
+    if weight is not None:
+        weight = class_weight_tensor("weight", weight, input, validate_args and not weight_checked)
     num_classes = input.shape[1]
     if isinstance(target, Tensor) and target.is_floating_point():
+        if ignore_index != DEFAULT_IGNORE_INDEX:
+            raise ValueError(
+                f"Expected argument `ignore_index` to be left at {DEFAULT_IGNORE_INDEX} with class-probability "
+                f"targets (a float `target` has no class index to ignore), but got {ignore_index}: drop "
+                "`ignore_index`, or pass class indices (int64) as `target`."
+            )
         return _soft_cross_entropy(input, target, weight, label_smoothing, reduction, validate_args)
     check_index_target(input, target, ignore_index, validate_args)
     log_probs, log_p_t, valid, safe_target = class_log_probs(input, target, ignore_index)
@@ -190,10 +233,11 @@ def balanced_cross_entropy_output(
     Args:
         input: Logits ``(N, C, d1, ...)``.
         target: Class indices ``(N, d1, ...)``.
-        alpha: One weight per class, each in ``[0, 1]``.
+        alpha: One weight per class, each finite and ``>= 0`` (like ``F.cross_entropy``'s ``weight``).
         ignore_index: Targets equal to this do not count.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        validate_args: Check target values (one host-device sync per call).
+        validate_args: Check target values, and the values of a tensor ``alpha`` (one host-device
+            sync per call).
 
     Example:
         >>> logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
@@ -201,13 +245,16 @@ def balanced_cross_entropy_output(
         tensor(0.2667)
     """
     check_floating("input", input)
-    alpha_tensor = alpha_vector(alpha, input)
+    check_bool("validate_args", validate_args)
+    alpha_tensor = alpha_vector(alpha, input, validate_args)
     if isinstance(target, Tensor) and target.is_floating_point():
         raise TypeError(
             f"Expected `target` to hold integer class indices (int64), but got dtype {target.dtype}. "
             "Class-probability targets are taken by `cross_entropy`."
         )
-    return cross_entropy_output(input, target, alpha_tensor, ignore_index, 0.0, reduction, validate_args)
+    return checked_cross_entropy_output(
+        input, target, alpha_tensor, ignore_index, 0.0, reduction, validate_args, weight_checked=True
+    )
 
 
 def balanced_cross_entropy(
@@ -239,19 +286,43 @@ def binary_cross_entropy_output(
     Args:
         input: Logits of any shape.
         target: Floats in ``[0, 1]`` of the same shape.
-        pos_weight: Weight of positives, broadcast along the last dimension.
+        pos_weight: Weight of positives, finite and ``>= 0``, broadcast along the last dimension.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        validate_args: Check that target values are in [0, 1] (one host-device sync per call).
+        validate_args: Check that target values are in [0, 1], and the values of ``pos_weight`` (one
+            host-device sync per call).
 
     Example:
         >>> binary_cross_entropy_output(torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.0])).loss
         tensor(1.4100)
     """
+    return checked_binary_cross_entropy_output(
+        input, target, pos_weight, reduction, validate_args, pos_weight_checked=False
+    )
+
+
+def checked_binary_cross_entropy_output(
+    input: Tensor,
+    target: Tensor,
+    pos_weight: Tensor | None,
+    reduction: Reduction,
+    validate_args: bool,
+    pos_weight_checked: bool,
+) -> LossOutput:
+    """:func:`binary_cross_entropy_output`; with ``pos_weight_checked``, the values of ``pos_weight`` are trusted
+    (a module's buffer, checked when the module was made)."""
     check_floating("input", input)
     check_reduction(reduction)
+    check_bool("validate_args", validate_args)
     check_probability_target(input, target, validate_args)
     if pos_weight is not None:
+        if not isinstance(pos_weight, Tensor):
+            raise TypeError(
+                f"Expected `pos_weight` to be a tensor (one weight, or one per class), but got "
+                f"{type(pos_weight).__name__}. `BinaryCrossEntropyLoss(pos_weight=...)` also takes numbers."
+            )
         check_same_device(input=input, pos_weight=pos_weight)
+        if checks_values(validate_args) and not pos_weight_checked:
+            check_weight_values("pos_weight", pos_weight)
     compute_input, compute_target = upcast(input), upcast(target)
     per_sample = F.binary_cross_entropy_with_logits(
         compute_input, compute_target, pos_weight=pos_weight, reduction="none"

@@ -4,6 +4,12 @@ Both are written in log space with closed-form gradients. Differentiating
 :math:`(1 - p_t)^\gamma` through autograd multiplies :math:`\gamma (1 - p_t)^{\gamma - 1}`, infinite
 at :math:`p_t = 1` when :math:`\gamma < 1`, by a zero, and gives NaN for saturated logits; the
 gradients below are the same derivative rearranged so that every factor is finite.
+
+While ``torch.compile`` traces and under ``torch.func`` transforms, the softmax form takes autograd
+through ``log_softmax`` and :class:`_FocalTerm` (a ``setup_context`` Function with a generated vmap
+rule), and the sigmoid form :class:`~lossplug.functional._kernels.BinaryFocal`; eager calls take the
+in-place closed form (:class:`_SoftmaxFocal`) and the chunked CPU kernels, which work on the
+tensors' storage and so cannot run under a transform.
 """
 
 from __future__ import annotations
@@ -33,13 +39,16 @@ from lossplug.shared_checks import (
     ClassWeight,
     Reduction,
     alpha_vector,
+    check_bool,
     check_floating,
     check_index_target,
+    check_int,
     check_logits,
     check_number,
     check_option,
     check_probability_target,
     check_reduction,
+    is_traced,
 )
 
 Normalization: TypeAlias = Literal["elements", "positives"]
@@ -64,13 +73,23 @@ def _focal_term_grad(log_p_t: Tensor, gamma: float) -> Tensor:
 
 
 class _FocalTerm(torch.autograd.Function):
-    """-(1 - p_t)^gamma log p_t as a function of u = log p_t, with a finite gradient at p_t = 1."""
+    """-(1 - p_t)^gamma log p_t as a function of u = log p_t, with a finite gradient at p_t = 1.
+
+    In the ``setup_context`` form with a generated vmap rule: ``torch.func.grad`` and ``vmap`` use
+    its closed-form gradient.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx: Any, log_p_t: Tensor, gamma: float) -> Tensor:
+    def forward(log_p_t: Tensor, gamma: float) -> Tensor:
+        return -_modulation(log_p_t, gamma) * log_p_t
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        log_p_t, gamma = inputs
         ctx.save_for_backward(log_p_t)
         ctx.gamma = gamma
-        return -_modulation(log_p_t, gamma) * log_p_t
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
@@ -87,7 +106,9 @@ class _SoftmaxFocal(torch.autograd.Function):
     So backward allocates nothing full-size (cross-entropy's backward fills a zero tensor, scatters
     into it and runs the log-softmax backward on top). The log-probabilities are owned by this
     function and turned into the gradient in place, once; a second backward (``retain_graph``)
-    recomputes them, and a double backward (``create_graph``) takes a differentiable path.
+    recomputes them, and a double backward (``create_graph``) takes a differentiable path. Keeping
+    that buffer on ``ctx`` needs the ``forward(ctx, ...)`` form, so this Function is eager-only:
+    traced and transformed calls take :class:`_FocalTerm` instead.
 
     Returns ``(per_sample, log_p_t)``: ``w f(u)`` (zero where not valid) and the detached ``log p_t``.
     """
@@ -173,10 +194,12 @@ def focal_loss_output(
         input: Logits ``(N, C)`` or ``(N, C, d1, ...)``.
         target: Class indices ``(N, d1, ...)``.
         gamma: Focusing parameter, ``>= 0``.
-        alpha: Class weights ``(C,)`` in ``[0, 1]``, or ``None``.
+        alpha: Class weights ``(C,)``, finite and ``>= 0`` (like ``torch.nn.CrossEntropyLoss``'s
+            ``weight``; they need not sum to 1 nor stay below it), or ``None``.
         ignore_index: Targets equal to this do not count.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-sample, zero where ignored).
-        validate_args: Check target values (one host-device sync per call).
+        validate_args: Check target values, and the values of a tensor ``alpha`` (one host-device
+            sync per call).
 
     Example:
         >>> logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
@@ -184,12 +207,31 @@ def focal_loss_output(
         >>> [round(v, 4) for v in out.per_sample.tolist()]
         [0.0041, 0.9635]
     """
+    return checked_focal_loss_output(
+        input, target, gamma, alpha, ignore_index, reduction, validate_args, alpha_checked=False
+    )
+
+
+def checked_focal_loss_output(
+    input: Tensor,
+    target: Tensor,
+    gamma: float,
+    alpha: Tensor | ClassWeight | None,
+    ignore_index: int,
+    reduction: Reduction,
+    validate_args: bool,
+    alpha_checked: bool,
+) -> LossOutput:
+    """:func:`focal_loss_output`; with ``alpha_checked``, the values of a tensor ``alpha`` are trusted (a
+    module's buffer, checked when it was made: checking it on every call would cost a host-device sync)."""
     check_logits(input)
     gamma = _check_gamma(gamma)
+    ignore_index = check_int("ignore_index", ignore_index)
     check_reduction(reduction)
-    alpha_tensor = None if alpha is None else alpha_vector(alpha, input)
+    check_bool("validate_args", validate_args)
+    alpha_tensor = None if alpha is None else alpha_vector(alpha, input, validate_args and not alpha_checked)
     check_index_target(input, target, ignore_index, validate_args)
-    if torch.compiler.is_compiling():  # traced: autograd through log_softmax, which the compiler fuses
+    if is_traced():  # compiled or transformed: autograd through log_softmax, which the compiler fuses
         _, log_p_t, valid, safe_target = class_log_probs(input, target, ignore_index)
         sample_weight = sample_weights(alpha_tensor, safe_target, valid)
         focal = _FocalTerm.apply(log_p_t, gamma)
@@ -223,7 +265,9 @@ def focal_loss(
     return focal_loss_output(input, target, gamma, alpha, ignore_index, reduction, validate_args).loss
 
 
-def _check_binary_focal_args(gamma: float, alpha: float | None, normalization: str) -> tuple[float, float | None]:
+def _check_binary_focal_args(
+    gamma: float, alpha: float | None, normalization: str, reduction: str
+) -> tuple[float, float | None]:
     gamma = _check_gamma(gamma)
     if alpha is not None:
         if isinstance(alpha, list | tuple | Tensor):
@@ -233,6 +277,13 @@ def _check_binary_focal_args(gamma: float, alpha: float | None, normalization: s
             )
         alpha = check_number("alpha", alpha, 0.0, 1.0)
     check_option("normalization", normalization, ("elements", "positives"))
+    check_reduction(reduction)
+    if normalization == "positives" and reduction != "mean":
+        raise ValueError(
+            f"Expected argument `normalization` to be 'elements' with reduction={reduction!r}, but got "
+            f"'positives', which divides the mean by the number of positives; with reduction={reduction!r} it "
+            "has no effect: use reduction='mean'."
+        )
     return gamma, alpha
 
 
@@ -255,7 +306,8 @@ def binary_focal_loss_output(
     :math:`\alpha_t`, and then ``gamma=0`` equals ``F.binary_cross_entropy_with_logits``. For
     ``reduction="mean"``, ``normalization="elements"`` divides the sum by the number of elements and
     ``"positives"`` by :math:`\max(1, \sum t)` (the number of positive targets for 0/1 targets), as
-    RetinaNet does. No gradient flows to ``target``.
+    RetinaNet does; ``"positives"`` with another reduction is an error, since it would change nothing.
+    No gradient flows to ``target``.
 
     Args:
         input: Logits of any shape, e.g. ``(N,)`` binary or ``(N, C)`` multi-label.
@@ -263,7 +315,7 @@ def binary_focal_loss_output(
         gamma: Focusing parameter, ``>= 0``.
         alpha: Weight of positives in ``[0, 1]``, or ``None``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        normalization: Denominator of ``"mean"``: ``"elements"`` or ``"positives"``.
+        normalization: Denominator of ``"mean"``: ``"elements"`` or ``"positives"`` (``"mean"`` only).
         validate_args: Check that target values are in [0, 1] (one host-device sync per call).
 
     Example:
@@ -271,7 +323,7 @@ def binary_focal_loss_output(
         >>> [round(v, 5) for v in out.per_sample.tolist()]
         [0.04332, 3e-05]
     """
-    gamma, alpha = _check_binary_focal_inputs(input, target, gamma, alpha, reduction, normalization)
+    gamma, alpha = _check_binary_focal_inputs(input, target, gamma, alpha, reduction, normalization, validate_args)
     per_sample, p_t = _binary_focal_elementwise(input, target, gamma, alpha, validate_args, with_p_t=True)
     loss = reduce_loss(per_sample, reduction, _binary_focal_denominator(target, normalization, per_sample.dtype))
     valid = torch.ones_like(per_sample, dtype=torch.bool)
@@ -279,11 +331,17 @@ def binary_focal_loss_output(
 
 
 def _check_binary_focal_inputs(
-    input: Tensor, target: Tensor, gamma: float, alpha: float | None, reduction: str, normalization: str
+    input: Tensor,
+    target: Tensor,
+    gamma: float,
+    alpha: float | None,
+    reduction: str,
+    normalization: str,
+    validate_args: bool,
 ) -> tuple[float, float | None]:
     """Argument and tensor checks; target *values* are checked where the loss is computed."""
-    gamma, alpha = _check_binary_focal_args(gamma, alpha, normalization)
-    check_reduction(reduction)
+    gamma, alpha = _check_binary_focal_args(gamma, alpha, normalization, reduction)
+    check_bool("validate_args", validate_args)
     check_floating("input", input)
     check_probability_target(input, target, validate_args=False)
     if target.requires_grad:
@@ -329,7 +387,7 @@ def binary_focal_loss(
         >>> binary_focal_loss(torch.tensor([0.0, 3.0]), torch.tensor([1.0, 0.0]), alpha=None)
         tensor(1.4698)
     """
-    gamma, alpha = _check_binary_focal_inputs(input, target, gamma, alpha, reduction, normalization)
+    gamma, alpha = _check_binary_focal_inputs(input, target, gamma, alpha, reduction, normalization, validate_args)
     if reduction != "none" and use_chunked_kernel(input):
         # the sum, chunk by chunk: no per-element losses and no p_t are materialized
         total = BinaryFocalSum.apply(input, target, gamma, alpha, validate_args, torch.is_grad_enabled())

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lossplug import shared_checks as checks
-from lossplug.functional.arcface import arcface_loss_output, check_arcface_args
+from lossplug.functional.arcface import arcface_loss_output, check_arcface_args, cosine_logits
 from lossplug.losses.base import BaseLoss
 from lossplug.output import LossOutput
 from lossplug.shared_checks import Reduction
@@ -29,6 +28,8 @@ class ArcFaceLoss(BaseLoss):
         easy_margin: Apply the margin only where the cosine is positive.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         validate_args: Check target values on every call (one host-device sync).
+        lr: Learning rate of ``weight``: :meth:`~lossplug.mixin.LossMixin.parameter_groups` gives it a
+            group of its own with this rate; ``None`` uses the model's.
 
     Example:
         >>> loss = ArcFaceLoss(num_classes=10, embedding_dim=4)
@@ -47,21 +48,25 @@ class ArcFaceLoss(BaseLoss):
         easy_margin: bool = False,
         reduction: Reduction = "mean",
         validate_args: bool = True,
+        lr: float | None = None,
     ) -> None:
         super().__init__()
+        self.lr = None if lr is None else checks.check_number("lr", lr, 0.0, low_closed=False)
         self.num_classes = checks.check_positive_int("num_classes", num_classes, minimum=2)
         self.embedding_dim = checks.check_positive_int("embedding_dim", embedding_dim)
-        self.scale, self.margin = check_arcface_args(scale, margin)
-        self.easy_margin = easy_margin
+        self.scale, self.margin, self.easy_margin = check_arcface_args(scale, margin, easy_margin)
         checks.check_reduction(reduction)
         self.reduction: Reduction = reduction
-        self.validate_args = validate_args
+        self.validate_args = checks.check_bool("validate_args", validate_args)
         self.weight = nn.Parameter(torch.empty(self.num_classes, self.embedding_dim))
         nn.init.xavier_uniform_(self.weight)
 
     def cosine_logits(self, embeddings: Tensor) -> Tensor:
-        r"""Class scores :math:`s \cos\theta_j` without the margin ``(N, C)``: what to rank classes by at test time."""
-        return F.linear(F.normalize(embeddings, dim=1), F.normalize(self.weight, dim=1)) * self.scale
+        r"""Class scores :math:`s \cos\theta_j` without the margin ``(N, C)``: what to rank classes by at test time.
+
+        Computed in the promoted dtype of the embeddings and the weights, at least float32, as the loss is.
+        """
+        return cosine_logits(embeddings, self.weight, self.scale)
 
     def evaluate(self, input: Tensor, target: Tensor) -> LossOutput:
         return arcface_loss_output(

@@ -1,4 +1,5 @@
-"""The base class of every lossplug loss: ``forward`` gives the loss, ``evaluate`` the full record."""
+"""The base classes of the lossplug losses: ``forward`` gives the loss, ``evaluate`` the full record; weights
+resolved from class counts (``ClassWeightedLoss``) and buffers computed from them (``ClassCountsLoss``)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,21 @@ from torch import Tensor, nn
 
 from lossplug.functional.class_weights import class_weights_from_counts
 from lossplug.output import LossOutput
-from lossplug.shared_checks import AlphaStrategy, ClassWeight, as_class_weight, check_number
+from lossplug.shared_checks import (
+    AlphaStrategy,
+    ClassCounts,
+    ClassWeight,
+    as_class_weight,
+    check_class_counts,
+    check_number,
+)
 
 InputKind: TypeAlias = Literal["logits", "embeddings"]
 TargetKind: TypeAlias = Literal["index", "probability"]
 ModelOutput: TypeAlias = Tensor | Mapping[str, Tensor]
+
+#: The ``"effective_number"`` parameter when ``beta`` is not given (Cui et al. 2019 use 0.999 and up).
+DEFAULT_BETA = 0.999
 
 
 def select_input(output: ModelOutput, kind: InputKind, consumer: str) -> Tensor:
@@ -88,8 +99,10 @@ class BaseLoss(nn.Module):
         """Resolve weights given as a strategy (``alpha="inverse_frequency"``) from training class counts.
 
         A no-op for losses without such weights, and for weights already resolved (or loaded from a
-        checkpoint).
+        checkpoint), except that the counts are checked (whole numbers >= 0): bad counts are an error
+        wherever they are given.
         """
+        check_class_counts(class_counts)
 
     @property
     def needs_class_counts(self) -> bool:
@@ -143,8 +156,12 @@ class ClassWeightedLoss(BaseLoss):
 
     alpha: Tensor | None
 
-    def _register_alpha(self, alpha: ClassWeight | AlphaStrategy | None, beta: float, *, required: bool) -> None:
-        self.beta = check_number("beta", beta, 0.0, 1.0, high_closed=False)
+    def _register_alpha(self, alpha: ClassWeight | AlphaStrategy | None, beta: float | None, *, required: bool) -> None:
+        """Register the ``alpha`` buffer (``None`` until resolved, for a strategy) and resolve ``beta``.
+
+        ``beta`` is only the ``"effective_number"`` parameter: given with anything else it would do
+        nothing, so that is an error. ``None`` means :data:`DEFAULT_BETA` there.
+        """
         self.alpha_strategy: AlphaStrategy | None = None
         if isinstance(alpha, str):
             if alpha not in ("inverse_frequency", "effective_number"):
@@ -160,7 +177,17 @@ class ClassWeightedLoss(BaseLoss):
                     "Expected argument `alpha` to be one weight per class, 'inverse_frequency' or "
                     "'effective_number', but got None."
                 )
-            weight = as_class_weight("alpha", alpha, at_most_one=True)
+            weight = as_class_weight("alpha", alpha)
+        checked_beta = None if beta is None else check_number("beta", beta, 0.0, 1.0, high_closed=False)
+        self.beta: float | None = None
+        if self.alpha_strategy == "effective_number":
+            self.beta = DEFAULT_BETA if checked_beta is None else checked_beta
+        elif checked_beta is not None:
+            given = f"alpha={alpha!r}" if alpha is None or isinstance(alpha, str) else "per-class alpha weights"
+            raise ValueError(
+                f"Expected argument `beta` to be None with {given}, but got {beta!r}: beta is the parameter of "
+                "alpha='effective_number' and does nothing otherwise. Drop `beta`, or use alpha='effective_number'."
+            )
         self.register_buffer("alpha", weight)
 
     @property
@@ -168,9 +195,11 @@ class ClassWeightedLoss(BaseLoss):
         return self.alpha_strategy is not None and self.alpha is None
 
     def set_class_counts(self, class_counts: Sequence[int] | Tensor) -> None:
+        check_class_counts(class_counts)
         if self.needs_class_counts:
             assert self.alpha_strategy is not None  # narrowed by needs_class_counts, for mypy
-            weight = class_weights_from_counts(class_counts, self.alpha_strategy, self.beta)
+            beta = DEFAULT_BETA if self.beta is None else self.beta  # unused by "inverse_frequency"
+            weight = class_weights_from_counts(class_counts, self.alpha_strategy, beta)
             self.alpha = weight.to(self._device())
 
     def _device(self) -> torch.device:
@@ -185,3 +214,68 @@ class ClassWeightedLoss(BaseLoss):
                 "starts, from the data module's `class_counts`)."
             )
         return self.alpha
+
+
+class ClassCountsLoss(BaseLoss):
+    """A loss whose per-class buffers are computed once from the training class counts.
+
+    The counts are given to the constructor (``class_counts``), or later to :meth:`set_class_counts`,
+    which :class:`~lossplug.mixin.LossMixin` calls at its first step with the data module's
+    ``class_counts``. Until then the buffers are ``None`` (not in the ``state_dict``) and
+    :attr:`needs_class_counts` is True. A checkpoint loads into a freshly configured loss, and buffers
+    resolved after ``.to(device)`` are created on that device.
+
+    Subclasses list their buffers in ``_count_buffers`` (the first one tells whether the counts are
+    known) and compute them in :meth:`_buffers_from_counts`.
+    """
+
+    _count_buffers: ClassVar[tuple[str, ...]]
+    _device_tracker: Tensor
+
+    def _init_class_counts(self, class_counts: ClassCounts | None) -> None:
+        # a scalar that .to() moves along (not saved): buffers resolved later are created where it is.
+        # 0-d, so that nothing takes it for a per-class vector
+        self.register_buffer("_device_tracker", torch.zeros(()), persistent=False)
+        for name in self._count_buffers:
+            self.register_buffer(name, None)
+        if class_counts is not None:
+            self._resolve(class_counts)
+
+    @property
+    def needs_class_counts(self) -> bool:
+        return getattr(self, self._count_buffers[0]) is None
+
+    def set_class_counts(self, class_counts: Sequence[int] | Tensor) -> None:
+        """Compute the buffers from the training class counts; once they are known (given to the
+        constructor, set before, or loaded from a checkpoint) the counts are only checked."""
+        super().set_class_counts(class_counts)
+        if self.needs_class_counts:
+            self._resolve(class_counts)
+
+    def _buffers_from_counts(self, class_counts: ClassCounts) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def _resolve(self, class_counts: ClassCounts) -> None:
+        tracker = self._device_tracker
+        for name, value in self._buffers_from_counts(class_counts).items():
+            setattr(self, name, value.to(tracker.device, tracker.dtype))
+
+    def _resolved(self, name: str) -> Tensor:
+        buffer = getattr(self, name)
+        if buffer is None:
+            raise RuntimeError(
+                f"Expected the training class counts of {type(self).__name__} to be known when it is evaluated, but "
+                "got none: pass `class_counts=[...]` (training samples per class) to the constructor, or call "
+                "`loss.set_class_counts(counts)` first (LossMixin does this at its first step, from the data "
+                "module's `class_counts`)."
+            )
+        return buffer
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # unresolved buffers take the checkpoint's shape, on the device and dtype this module was moved to
+        tracker = self._device_tracker
+        for name in self._count_buffers:
+            key = prefix + name
+            if self._buffers.get(name) is None and key in state_dict:
+                self._buffers[name] = torch.empty(state_dict[key].shape, device=tracker.device, dtype=tracker.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

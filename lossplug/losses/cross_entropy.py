@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from lossplug import shared_checks as checks
-from lossplug.functional.cross_entropy import binary_cross_entropy_output, cross_entropy_output
+from lossplug.functional.cross_entropy import checked_binary_cross_entropy_output, checked_cross_entropy_output
 from lossplug.losses.base import BaseLoss, ClassWeightedLoss
 from lossplug.output import LossOutput
 from lossplug.shared_checks import AlphaStrategy, Reduction
@@ -20,7 +20,8 @@ class CrossEntropyLoss(BaseLoss):
 
     Args:
         weight: Class weights ``(C,)``, finite and >= 0; kept as a buffer.
-        ignore_index: Targets equal to this do not count.
+        ignore_index: Targets equal to this do not count (class-index targets only: with class-probability
+            targets, anything but the default -100 is an error).
         label_smoothing: In ``[0, 1]``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         validate_args: Check target values on every call (one host-device sync).
@@ -41,16 +42,24 @@ class CrossEntropyLoss(BaseLoss):
         validate_args: bool = True,
     ) -> None:
         super().__init__()
-        self.register_buffer("weight", checks.as_class_weight("weight", weight, at_most_one=False))
-        self.ignore_index = ignore_index
+        self.register_buffer("weight", checks.as_class_weight("weight", weight))
+        self.ignore_index = checks.check_int("ignore_index", ignore_index)
         self.label_smoothing = checks.check_number("label_smoothing", label_smoothing, 0.0, 1.0)
         checks.check_reduction(reduction)
         self.reduction: Reduction = reduction
-        self.validate_args = validate_args
+        self.validate_args = checks.check_bool("validate_args", validate_args)
 
     def evaluate(self, input: Tensor, target: Tensor) -> LossOutput:
-        return cross_entropy_output(
-            input, target, self.weight, self.ignore_index, self.label_smoothing, self.reduction, self.validate_args
+        # the weight buffer was checked when it was made: no host-device sync to check it again
+        return checked_cross_entropy_output(
+            input,
+            target,
+            self.weight,
+            self.ignore_index,
+            self.label_smoothing,
+            self.reduction,
+            self.validate_args,
+            weight_checked=True,
         )
 
 
@@ -59,9 +68,11 @@ class BalancedCrossEntropyLoss(ClassWeightedLoss):
     :func:`lossplug.functional.balanced_cross_entropy_output`.
 
     Args:
-        alpha: One weight per class in ``[0, 1]``, or ``"inverse_frequency"`` / ``"effective_number"``
-            to compute them from the training class counts (:meth:`set_class_counts`).
-        beta: The ``"effective_number"`` parameter, in ``[0, 1)``.
+        alpha: One weight per class (finite, >= 0, like ``torch.nn.CrossEntropyLoss``'s ``weight``), or
+            ``"inverse_frequency"`` / ``"effective_number"`` to compute them from the training class
+            counts (:meth:`set_class_counts`).
+        beta: The ``"effective_number"`` parameter, in ``[0, 1)``; ``None`` means 0.999. Only for
+            ``alpha="effective_number"``: with any other alpha it is an error.
         ignore_index: Targets equal to this do not count.
         reduction: ``"mean"`` (divides by the sum of alpha over counted samples), ``"sum"`` or ``"none"``.
         validate_args: Check target values on every call (one host-device sync).
@@ -75,17 +86,17 @@ class BalancedCrossEntropyLoss(ClassWeightedLoss):
     def __init__(
         self,
         alpha: Sequence[float] | AlphaStrategy,
-        beta: float = 0.999,
+        beta: float | None = None,
         ignore_index: int = -100,
         reduction: Reduction = "mean",
         validate_args: bool = True,
     ) -> None:
         super().__init__()
         self._register_alpha(alpha, beta, required=True)
-        self.ignore_index = ignore_index
+        self.ignore_index = checks.check_int("ignore_index", ignore_index)
         checks.check_reduction(reduction)
         self.reduction: Reduction = reduction
-        self.validate_args = validate_args
+        self.validate_args = checks.check_bool("validate_args", validate_args)
 
     def evaluate(self, input: Tensor, target: Tensor) -> LossOutput:
         alpha = self._resolved_alpha()
@@ -96,7 +107,9 @@ class BalancedCrossEntropyLoss(ClassWeightedLoss):
                 f"Expected `target` to hold integer class indices (int64), but got dtype {target.dtype}. "
                 "Class-probability targets are taken by `CrossEntropyLoss`."
             )
-        return cross_entropy_output(input, target, alpha, self.ignore_index, 0.0, self.reduction, self.validate_args)
+        return checked_cross_entropy_output(
+            input, target, alpha, self.ignore_index, 0.0, self.reduction, self.validate_args, weight_checked=True
+        )
 
 
 class BinaryCrossEntropyLoss(BaseLoss):
@@ -129,11 +142,11 @@ class BinaryCrossEntropyLoss(BaseLoss):
             checks.check_number("pos_weight", pos_weight, 0.0)
             buffer: Tensor | None = torch.tensor([float(pos_weight)])
         else:
-            buffer = checks.as_class_weight("pos_weight", pos_weight, at_most_one=False)
+            buffer = checks.as_class_weight("pos_weight", pos_weight)
         self.register_buffer("pos_weight", buffer)
         checks.check_reduction(reduction)
         self.reduction: Reduction = reduction
-        self.validate_args = validate_args
+        self.validate_args = checks.check_bool("validate_args", validate_args)
 
     def evaluate(self, input: Tensor, target: Tensor) -> LossOutput:
         if self.pos_weight is not None and self.pos_weight.numel() > 1:
@@ -143,4 +156,6 @@ class BinaryCrossEntropyLoss(BaseLoss):
                     f"Expected `pos_weight` to have one entry per class (the last dimension of `input`, "
                     f"{classes}), but got {self.pos_weight.numel()} entries."
                 )
-        return binary_cross_entropy_output(input, target, self.pos_weight, self.reduction, self.validate_args)
+        return checked_binary_cross_entropy_output(
+            input, target, self.pos_weight, self.reduction, self.validate_args, pos_weight_checked=True
+        )

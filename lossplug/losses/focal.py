@@ -12,7 +12,7 @@ from lossplug.functional.focal import (
     _check_binary_focal_args,
     binary_focal_loss,
     binary_focal_loss_output,
-    focal_loss_output,
+    checked_focal_loss_output,
 )
 from lossplug.losses.base import BaseLoss, ClassWeightedLoss
 from lossplug.output import LossOutput
@@ -25,10 +25,12 @@ class FocalLoss(ClassWeightedLoss):
 
     Args:
         gamma: Focusing parameter, >= 0 (0 is cross-entropy).
-        alpha: One weight per class in ``[0, 1]``, ``None``, or ``"inverse_frequency"`` /
-            ``"effective_number"`` (resolved from the training class counts). A single number is
-            an error: in the multi-class form it would only rescale the loss.
-        beta: The ``"effective_number"`` parameter, in ``[0, 1)``.
+        alpha: One weight per class (finite, >= 0, like ``torch.nn.CrossEntropyLoss``'s ``weight``),
+            ``None``, or ``"inverse_frequency"`` / ``"effective_number"`` (resolved from the training
+            class counts). A single number is an error: in the multi-class form it would only rescale
+            the loss.
+        beta: The ``"effective_number"`` parameter, in ``[0, 1)``; ``None`` means 0.999. Only for
+            ``alpha="effective_number"``: with any other alpha it is an error.
         ignore_index: Targets equal to this do not count.
         reduction: ``"mean"`` (divides by the sum of alpha over counted samples), ``"sum"`` or ``"none"``.
         validate_args: Check target values on every call (one host-device sync).
@@ -42,7 +44,7 @@ class FocalLoss(ClassWeightedLoss):
         self,
         gamma: float = 2.0,
         alpha: Sequence[float] | AlphaStrategy | None = None,
-        beta: float = 0.999,
+        beta: float | None = None,
         ignore_index: int = -100,
         reduction: Reduction = "mean",
         validate_args: bool = True,
@@ -50,14 +52,22 @@ class FocalLoss(ClassWeightedLoss):
         super().__init__()
         self.gamma = checks.check_number("gamma", gamma, 0.0)
         self._register_alpha(alpha, beta, required=False)
-        self.ignore_index = ignore_index
+        self.ignore_index = checks.check_int("ignore_index", ignore_index)
         checks.check_reduction(reduction)
         self.reduction: Reduction = reduction
-        self.validate_args = validate_args
+        self.validate_args = checks.check_bool("validate_args", validate_args)
 
     def evaluate(self, input: Tensor, target: Tensor) -> LossOutput:
-        return focal_loss_output(
-            input, target, self.gamma, self._resolved_alpha(), self.ignore_index, self.reduction, self.validate_args
+        # the alpha buffer was checked when it was made: no host-device sync to check it again
+        return checked_focal_loss_output(
+            input,
+            target,
+            self.gamma,
+            self._resolved_alpha(),
+            self.ignore_index,
+            self.reduction,
+            self.validate_args,
+            alpha_checked=True,
         )
 
 
@@ -69,7 +79,8 @@ class BinaryFocalLoss(BaseLoss):
         gamma: Focusing parameter, >= 0.
         alpha: Weight of positives in ``[0, 1]``, or ``None`` for no alpha term.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        normalization: Denominator of ``"mean"``: ``"elements"``, or ``"positives"`` (RetinaNet).
+        normalization: Denominator of ``"mean"``: ``"elements"``, or ``"positives"`` (RetinaNet; with
+            another reduction it would change nothing, so that is an error).
         validate_args: Check that target values are in [0, 1] on every call (one host-device sync).
 
     Example:
@@ -88,11 +99,10 @@ class BinaryFocalLoss(BaseLoss):
         validate_args: bool = True,
     ) -> None:
         super().__init__()
-        self.gamma, self.alpha = _check_binary_focal_args(gamma, alpha, normalization)
-        checks.check_reduction(reduction)
+        self.gamma, self.alpha = _check_binary_focal_args(gamma, alpha, normalization, reduction)
         self.reduction: Reduction = reduction
         self.normalization: Normalization = normalization
-        self.validate_args = validate_args
+        self.validate_args = checks.check_bool("validate_args", validate_args)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         # the loss alone: for "mean" and "sum" no per-element losses or p_t are built

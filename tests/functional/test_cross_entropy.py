@@ -193,6 +193,52 @@ def test_balanced_cross_entropy_accepts_tensor_alpha() -> None:
     )
 
 
+@pytest.mark.parametrize("alpha", [[1.0, 2.0, 5.0], [0.0, 3.5, 12.0]], ids=["above_1", "zero_and_large"])
+def test_balanced_cross_entropy_takes_any_finite_non_negative_weights(alpha: list[float]) -> None:
+    # per-class weights as torch's `weight`: not probabilities, so values above 1 are fine
+    logits = make_logits((6, 3), dtype=torch.float32)
+    target = make_target((6, 3))
+    expected = F.cross_entropy(logits, target, weight=torch.tensor(alpha))
+    torch.testing.assert_close(balanced_cross_entropy(logits, target, alpha), expected)
+    torch.testing.assert_close(balanced_cross_entropy(logits, target, torch.tensor(alpha)), expected)
+
+
+# -- class weight values ---------------------------------------------------------------------------------
+
+
+BAD_WEIGHTS = {"negative": -1.0, "nan": float("nan"), "inf": float("inf")}
+
+
+@pytest.mark.parametrize("bad", BAD_WEIGHTS.values(), ids=BAD_WEIGHTS.keys())
+def test_functional_weight_tensor_values_are_checked_with_validate_args(bad: float) -> None:
+    weight = torch.tensor([1.0, bad, 1.0])
+    message = f"Expected every entry of `weight` to be finite and >= 0, but got {bad!r} at index 1."
+    with pytest.raises(ValueError, match=re.escape(message)):
+        cross_entropy(X, Y, weight=weight)
+    with pytest.raises(ValueError, match=re.escape(message.replace("`weight`", "`alpha`"))):
+        balanced_cross_entropy(X, Y, alpha=weight)
+    with pytest.raises(ValueError, match=re.escape(message.replace("`weight`", "`pos_weight`"))):
+        binary_cross_entropy(X, torch.zeros(4, 3), pos_weight=weight)
+    # validate_args=False skips the check (it needs a host-device sync), as it skips the target check
+    cross_entropy(X, Y, weight=weight, validate_args=False)
+    binary_cross_entropy(X, torch.zeros(4, 3), pos_weight=weight, validate_args=False)
+
+
+def test_functional_weight_as_a_sequence_is_checked_and_used() -> None:
+    expected = F.cross_entropy(X, Y, weight=torch.tensor([1.0, 2.0, 3.0]))
+    torch.testing.assert_close(cross_entropy(X, Y, weight=[1.0, 2.0, 3.0]), expected)
+    with pytest.raises(ValueError, match=re.escape("every entry of `weight` to be finite and >= 0, but got -2.0")):
+        cross_entropy(X, Y, weight=[1.0, -2.0, 3.0], validate_args=False)  # on the host: always checked
+
+
+def test_ignore_index_with_probability_targets_is_an_error() -> None:
+    soft = torch.full((4, 3), 1 / 3)
+    with pytest.raises(ValueError, match=re.escape("`ignore_index` to be left at -100 with class-probability")):
+        cross_entropy(X, soft, ignore_index=0)
+    # the default stays accepted, also given explicitly
+    torch.testing.assert_close(cross_entropy(X, soft, ignore_index=-100), F.cross_entropy(X, soft))
+
+
 # -- binary cross-entropy --------------------------------------------------------------------------------
 
 
@@ -405,20 +451,15 @@ ERROR_CASES: ErrorCases = {
         TypeError,
         "`target` to hold integer class indices",
     ),
-    "balanced_alpha_above_1": (
-        lambda: balanced_cross_entropy(X, Y, alpha=[0.5, 1.5, 0.5]),
-        ValueError,
-        "every entry of `alpha` to be in [0, 1], but got 1.5 at index 1",
-    ),
     "balanced_alpha_negative": (
         lambda: balanced_cross_entropy(X, Y, alpha=[0.5, -0.5, 0.5]),
         ValueError,
-        "every entry of `alpha` to be in [0, 1], but got -0.5 at index 1",
+        "every entry of `alpha` to be finite and >= 0, but got -0.5 at index 1",
     ),
     "balanced_alpha_float32_tensor_negative": (
         lambda: balanced_cross_entropy(X, Y, alpha=torch.tensor([0.5, -0.5, 0.5])),
         ValueError,
-        "every entry of `alpha` to be in [0, 1], but got -0.5 at index 1",
+        "every entry of `alpha` to be finite and >= 0, but got -0.5 at index 1",
     ),
     "balanced_alpha_length": (
         lambda: balanced_cross_entropy(X, Y, alpha=[0.5, 0.5]),

@@ -169,6 +169,29 @@ def test_cosine_logits_are_scaled_cosines_without_margin() -> None:
     torch.testing.assert_close(loss.cosine_logits(x), expected)
 
 
+@pytest.mark.parametrize(
+    ("embedding_dtype", "weight_dtype", "expected_dtype"),
+    [
+        (torch.float16, torch.float32, torch.float32),
+        (torch.bfloat16, torch.float32, torch.float32),
+        (torch.float64, torch.float32, torch.float64),
+        (torch.float32, torch.float64, torch.float64),
+    ],
+    ids=["float16_embeddings", "bfloat16_embeddings", "float64_embeddings", "float64_weights"],
+)
+def test_cosine_logits_take_embeddings_of_another_dtype_than_the_weights(
+    embedding_dtype: torch.dtype, weight_dtype: torch.dtype, expected_dtype: torch.dtype
+) -> None:
+    # as the loss does: computed in the promoted dtype, at least float32
+    loss = ArcFaceLoss(5, 4, scale=10.0).to(weight_dtype)
+    x = make_embeddings(8, 4).to(embedding_dtype)
+    got = loss.cosine_logits(x)
+    assert got.dtype == expected_dtype
+    expected = 10.0 * F.normalize(x.double(), dim=1) @ F.normalize(loss.weight.double(), dim=1).T
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    loss(x, make_class_indices(8, 5))  # the loss itself accepts the same inputs
+
+
 @pytest.mark.parametrize("easy_margin", [False, True], ids=["hard_margin", "easy_margin"])
 def test_torch_compile_fullgraph_matches_eager(easy_margin: bool) -> None:
     # the compiled path of arcface_logits differs from the eager one: both must give the same values

@@ -156,7 +156,7 @@ def test_init_args_record_defaults_and_given_values() -> None:
     assert FocalLoss(gamma=1.0).init_args == {
         "gamma": 1.0,
         "alpha": None,
-        "beta": 0.999,
+        "beta": None,
         "ignore_index": -100,
         "reduction": "mean",
         "validate_args": True,

@@ -103,6 +103,15 @@ def test_binary_cross_entropy_scalar_pos_weight_is_a_one_element_buffer() -> Non
     assert "pos_weight" in dict(loss.named_buffers())
 
 
+def test_balanced_alpha_takes_any_finite_non_negative_weights() -> None:
+    # per-class weights like torch's `weight`, not probabilities
+    alpha = [1.0, 2.0, 5.0]
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 2, 1, 0])
+    expected = nn.CrossEntropyLoss(weight=torch.tensor(alpha))(x, y)
+    torch.testing.assert_close(BalancedCrossEntropyLoss(alpha=alpha)(x, y), expected)
+
+
 def test_buffers_move_with_to_float64() -> None:
     loss = CrossEntropyLoss(weight=[1.0, 2.0, 3.0]).to(torch.float64)
     x = make_float32_logits((4, 3)).double()
@@ -159,10 +168,10 @@ CONSTRUCTION_ERRORS: ErrorCases = {
         ValueError,
         "`alpha` to be one weight per class or one of ['inverse_frequency', 'effective_number'], but got 'inverse'",
     ),  # type: ignore[arg-type]
-    "balanced_alpha_above_1": (
-        lambda: BalancedCrossEntropyLoss(alpha=[0.5, 2.0]),
+    "balanced_alpha_negative": (
+        lambda: BalancedCrossEntropyLoss(alpha=[0.5, -2.0]),
         ValueError,
-        "every entry of `alpha` to be in [0, 1], but got 2.0 at index 1",
+        "every entry of `alpha` to be finite and >= 0, but got -2.0 at index 1",
     ),
     "balanced_alpha_scalar": (
         lambda: BalancedCrossEntropyLoss(alpha=0.5),
