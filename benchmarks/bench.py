@@ -2,8 +2,8 @@
 
 Usage::
 
-    python benchmarks/bench.py            # full run (about 8-9 minutes on 2 CPU cores, 2 of them the diagnostics)
-    python benchmarks/bench.py --quick    # 1 round, no memory pass, no torch.compile rows (about 1.5 minutes)
+    python benchmarks/bench.py            # full run (about 15 minutes on 2 CPU cores, 7-9 of them the diagnostics)
+    python benchmarks/bench.py --quick    # 1 round, no memory pass, no torch.compile rows, 2 pairs of fits (about 5 minutes)
     python benchmarks/bench.py --only binary_focal softmax_focal --rounds 5
 
 What is measured, for every row: one forward + backward of the loss with respect to its inputs
@@ -28,33 +28,25 @@ call, after warm-up calls.
 * The ``torch.compile`` rows are compiled with ``fullgraph=True`` (a graph break fails them); the
   number of graph breaks of ``binary_focal_loss`` under ``torch._dynamo.explain`` is printed too.
 
-The diagnostics lines time ``trainer.fit`` of ``lossplug fit`` (``lossplug.cli``: its default
-config and checkpointing, with the progress bar off: the default's rich progress bar adds 4-7%
-to a fit even when the output is not a terminal, and leaving it out gives the larger ratio) with
-both diagnostics callbacks (``PerClassLossMonitor``, ``HardnessHistogram``) against without them:
-once at the default (steps of about 6 ms), once with a wider model (``--model.hidden_dim=16384``,
-10 epochs; steps of 20 ms or more). One child process per setting runs the fits in pairs (on, off;
-every other pair the other way round) after a warm-up pair.
+The diagnostics lines time ``trainer.fit`` of ``lossplug fit`` (``lossplug.cli.build_cli``: its
+default config, loggers and last-epoch checkpointing, with the progress bar and the default's other
+callbacks off) with both diagnostics callbacks (``PerClassLossMonitor``, ``HardnessHistogram``) and
+without them, in four settings: the default demo (steps of about 5 ms, 6 per epoch) and a wider
+model (``--model.hidden_dim=16384``, 10 epochs; steps of 20-30 ms), each with the demo's 10 classes
+and with 1,000: the demo's model and loss on synthetic data of 1,000 classes, long-tailed as the
+demo's and with at least one training sample per class (about 100 steps per epoch; 5 and 3 epochs).
+One child process per setting runs a warm-up pair of fits, then ``--fit-pairs`` pairs (on, off;
+every other pair the other way round).
 
-* By the account (first line): what the callbacks add, each part timed inside the fits with them,
-  as a share of those fits. Their code on the training thread: the CPU time of their hooks, their
-  per-step observer and the mixin's work for them (detaching the record, naming the stage), less
-  what the timers count of themselves. TensorBoard's writer thread: its CPU time on the callbacks'
-  records (it computes each record's CRC-32C, in C once the callbacks have logged, and writes it,
-  holding the interpreter lock, so the training thread waits for it). Lightning's hook calls: how
-  many it made on the two callbacks, times what one costs (timed after the fits on a hook neither
-  implements). The config: how much
-  longer LightningCLI's saving of the run's config takes with the two callbacks in it (timed after
-  the fits). The loss itself costs the same either way for the losses benchmarked here (focal
-  loss's ``forward`` is its ``evaluate``). This is steadier than the wall clock because each part
-  and the fit it is divided by are timed in the same seconds.
-* By the wall clock (second line): the median over pairs of on / off, which a shared machine's
-  slow phases (they last seconds, about as long as a fit) disturb least; the ratio of the medians;
-  the ratio of the fastest fit of each kind. On a shared virtual machine these move by 10% or more
-  from run to run and cannot resolve a few percent.
-* By the training thread's CPU time (third line): the ratio of its medians, on / off. Steadier
-  than the wall clock (it leaves out waits and other processes' time slices), but it counts the
-  account's timers in the fits with the callbacks, and misses TensorBoard's writer thread.
+* Hooks: the wall time spent inside the callbacks' own methods (their Lightning hooks, ``setup``,
+  ``teardown``, ``state_dict`` and the per-step ``observe_loss``; a method calling another counted
+  once), timed inside each fit with them, divided by that fit's wall time. Median and range over the
+  fits; and the part of it spent in ``TensorBoardLogger.log_metrics`` (the Lightning API the scalars go
+  through). The final PNG is drawn on a background thread that outlives the hooks; its cost shows
+  only end to end.
+* End to end: the median fit with them over the median fit without, and the range of the pairs'
+  ratios. The noise band is the spread of the fits without them (slowest over fastest): a ratio
+  inside it is not resolved.
 
 They are skipped, with a message, when ``lossplug.callbacks`` or ``lossplug.cli`` cannot be imported.
 """
@@ -359,16 +351,49 @@ def diagnostics_available() -> str | None:
     return f"missing {missing}" if missing else None
 
 
-FIT_SETTINGS: dict[str, list[str]] = {
-    "default": [],
-    "20 ms steps": ["--model.hidden_dim=16384", "--trainer.max_epochs=10"],
+WIDE = ["--model.hidden_dim=16384", "--trainer.max_epochs=10"]
+FIT_SETTINGS: dict[str, tuple[list[str], int]] = {
+    "default": ([], 10),
+    "default, 1,000 classes": (["--trainer.max_epochs=5"], 1000),
+    "20 ms steps": (WIDE, 10),
+    "20 ms steps, 1,000 classes": ([*WIDE, "--trainer.max_epochs=3"], 1000),
 }
-"""The `lossplug fit` settings whose diagnostics overhead is measured, as extra command-line arguments."""
+"""Each setting: extra `lossplug fit` arguments, and the number of classes (1,000: fewer epochs, of 100 steps)."""
+TARGETS = {"default": 0.10, "20 ms steps": 0.02}
+"""The most the hooks may take of trainer.fit, per setting (its part before the comma)."""
+
+
+def _synthetic_data(num_classes: int) -> Any:
+    """The demo's data made ``num_classes``-class: 64 features (Gaussian blobs), long-tailed as the demo
+    (class ``k`` has ``max(1, round(20 * 0.05 ** (k / (C - 1))))`` training samples: at least one, so that
+    the default loss's class-count alpha is defined), one evaluation sample per class, batches of 64."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class SyntheticData(L.LightningDataModule):
+        def __init__(self) -> None:
+            super().__init__()
+            generator = torch.Generator().manual_seed(0)
+            self.num_classes, self.class_names = num_classes, [str(index) for index in range(num_classes)]
+            centres = torch.randn(num_classes, 64, generator=generator)
+            self.class_counts = (20 * 0.05 ** (torch.arange(num_classes) / (num_classes - 1))).round().clamp(min=1).long()
+            self.splits = {}
+            for split, labels in (("train", torch.arange(num_classes).repeat_interleave(self.class_counts)), ("val", torch.arange(num_classes))):
+                self.splits[split] = TensorDataset(centres[labels] + 0.5 * torch.randn(len(labels), 64, generator=generator), labels)
+
+        def train_dataloader(self) -> DataLoader:
+            return DataLoader(self.splits["train"], batch_size=64, shuffle=True)
+
+        def val_dataloader(self) -> DataLoader:
+            return DataLoader(self.splits["val"], batch_size=64)
+
+    return SyntheticData()
 
 
 def run_fits(setting: str, pairs: int, epochs: int | None) -> dict[str, Any]:
     """Time ``trainer.fit`` of ``lossplug fit`` with and without the diagnostics, in pairs, in this process,
-    and take the account of what the diagnostics cost inside the fits with them."""
+    and the time inside the callbacks' methods in each fit with them."""
     import contextlib
     import gc
     import io
@@ -378,116 +403,91 @@ def run_fits(setting: str, pairs: int, epochs: int | None) -> dict[str, Any]:
     import torch
 
     from lossplug.cli import build_cli
+    from lossplug.losses import FocalLoss
 
     torch.set_num_threads(THREADS)
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    checkpoint = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.monitor=val/macro_f1", "--trainer.callbacks.mode=max"]
+    extra, classes = FIT_SETTINGS[setting]
+    # the default's checkpointing (the latest epoch as last.ckpt), without its other callbacks
+    checkpoint = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.save_top_k=0", "--trainer.callbacks.save_last=true"]
+    timer = _HookTimer()
 
-    def fit(diagnostics: bool) -> tuple[float, float, Any]:
+    def fit(diagnostics: bool) -> tuple[float, tuple[float, float], Any]:
         with tempfile.TemporaryDirectory() as directory, contextlib.redirect_stdout(io.StringIO()):
             os.chdir(directory)  # the default config logs under the working directory
-            args = ["--trainer.enable_progress_bar=false", *FIT_SETTINGS[setting], "--trainer.callbacks=[]", *checkpoint]
+            args = ["--trainer.enable_progress_bar=false", *extra, "--trainer.callbacks=[]", *checkpoint]
             if epochs is not None:
                 args.append(f"--trainer.max_epochs={epochs}")
             if diagnostics:
                 args += [f"--trainer.callbacks+={name}" for name in DIAGNOSTICS]
             cli = build_cli(args=args, run=False)
+            model, data = cli.model, cli.datamodule
+            if classes != 10:  # the demo's model and loss, on data with more classes
+                data = _synthetic_data(classes)
+                loss = FocalLoss(gamma=2.0, alpha="effective_number")
+                model = type(model)(loss, classes, hidden_dim=model.hparams["hidden_dim"], class_names=data.class_names)
             gc.collect()  # a full collection takes 0.3-0.4 s here; left to chance it would land in some fits
-            start, start_cpu = time.perf_counter(), time.thread_time()
-            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-            elapsed, cpu = time.perf_counter() - start, time.thread_time() - start_cpu
+            timer.seconds = timer.tensorboard_seconds = 0.0
+            start = time.perf_counter()
+            cli.trainer.fit(model, datamodule=data)
+            elapsed, inside = time.perf_counter() - start, (timer.seconds, timer.tensorboard_seconds)
             for callback in cli.trainer.callbacks:
                 getattr(callback, "wait_for_plot", lambda: None)()  # the PNG of the last run, before the next
             os.chdir(ROOT)
-        return elapsed, cpu, cli
+        return elapsed, inside, cli.trainer
 
-    account = _DiagnosticsAccount()
     fit(False)
     fit(True)  # warm-up: imports, first-call costs
-    times: dict[str, list[float]] = {"off": [], "on": [], "off_cpu": [], "on_cpu": []}
-    parts: dict[str, list[float]] = {"inside": [], "writer": []}
-    dispatches: list[int] = []
-    cli: Any = None
+    times: dict[str, list[float]] = {"on": [], "off": []}
+    shares: list[float] = []
+    tensorboard: list[float] = []
+    trainer: Any = None
     for pair in range(pairs):
         for diagnostics in (True, False) if pair % 2 == 0 else (False, True):
-            account.reset()
-            elapsed, cpu, fitted = fit(diagnostics)
+            elapsed, (inside, in_tensorboard), trainer = fit(diagnostics)
             times["on" if diagnostics else "off"].append(elapsed)
-            times["on_cpu" if diagnostics else "off_cpu"].append(cpu)
             if diagnostics:
-                cli = fitted
-                parts["inside"].append(account.inside_s() / elapsed)
-                parts["writer"].append(account.writer_s / elapsed)
-                dispatches.append(account.dispatches)  # priced below
-    with contextlib.redirect_stdout(io.StringIO()):
-        dispatch_s = _dispatch_cost(cli.trainer)
-        save_config_s = _save_config_cost(cli)
-    parts["dispatch"] = [calls * dispatch_s / elapsed for calls, elapsed in zip(dispatches, times["on"], strict=True)]
-    parts["save_config"] = [save_config_s / elapsed for elapsed in times["on"]]
-    steps = int(cli.trainer.global_step)
-    step_ms = 1000 * statistics.median(times["off"]) / max(1, steps)
+                shares.append(inside / elapsed)
+                tensorboard.append(in_tensorboard / elapsed)
+    steps = int(trainer.global_step)
     return {
         "times": times,
-        "parts": parts,
-        "dispatch_us": 1e6 * dispatch_s,
-        "save_config_ms": 1000 * save_config_s,
-        "step_ms": step_ms,
-        "epochs": int(cli.trainer.current_epoch),
+        "shares": shares,
+        "tensorboard": tensorboard,
+        "step_ms": 1000 * statistics.median(times["off"]) / max(1, steps),
+        "epochs": int(trainer.current_epoch),
+        "classes": classes,
     }
 
 
-class _DiagnosticsAccount:
-    """Timers, inside the fits, on what the diagnostics add to a fit; installed for the life of the process.
-
-    * ``inside``: CPU time of the training thread in the diagnostics' own code: the callbacks' hooks,
-      their per-step observer, and the mixin's work for them (detaching the record, naming the stage),
-      less the timers' own cost. CPU time, not wall time: a wait for the interpreter lock there is
-      TensorBoard's writer thread at work, counted next.
-    * ``writer``: CPU time of TensorBoard's writer thread on the diagnostics' records (it computes each
-      record's CRC-32C and writes it, holding the interpreter lock).
-    * ``dispatches``: Lightning's calls of a hook on one of the two callbacks (priced by :func:`_dispatch_cost`).
-    """
+class _HookTimer:
+    """Wall time inside the diagnostics callbacks' own methods; installed on their classes for the process."""
 
     def __init__(self) -> None:
-        from lightning.pytorch.trainer import call
+        from lightning.pytorch.loggers import TensorBoardLogger
 
-        import lossplug.mixin
-        from lossplug.callbacks import HardnessHistogram, PerClassLossMonitor
-        from lossplug.callbacks._base import LossStatisticsCallback
+        from lossplug.callbacks import HardnessHistogram, LossDiagnostics, PerClassLossMonitor
 
-        self.cpu_s = self.writer_s = 0.0
-        self.calls = self.dispatches = 0
+        self.seconds = self.tensorboard_seconds = 0.0
         self._depth = 0
-        for cls in (LossStatisticsCallback, PerClassLossMonitor, HardnessHistogram):
+        names = ("setup", "teardown", "observe_loss", "state_dict", "load_state_dict")
+        for cls in (LossDiagnostics, PerClassLossMonitor, HardnessHistogram):
             for name, method in list(vars(cls).items()):
-                if callable(method) and (name.startswith("on_") or name in ("setup", "teardown", "observe_loss")):
+                if callable(method) and (name.startswith("on_") or name in names):
                     setattr(cls, name, self._timed(method))
-        lossplug.mixin._detached = self._timed(lossplug.mixin._detached)  # type: ignore[assignment]
-        lossplug.mixin.LossMixin._stage = self._timed(lossplug.mixin.LossMixin._stage)  # type: ignore[method-assign]
-        # what the timers count of themselves per call, measured on a function that does nothing
-        idle = self._timed(lambda: None)
-        for _ in range(20000):
-            idle()
-        self.per_call_s = self.cpu_s / self.calls
-        self._time_writer()
-        dispatch = call._call_callback_hooks
-        diagnostics = (PerClassLossMonitor, HardnessHistogram)
+        log_metrics = TensorBoardLogger.log_metrics
 
-        def counted(trainer: Any, hook_name: str, *args: Any, monitoring_callbacks: bool | None = None, **kwargs: Any) -> None:
-            if monitoring_callbacks is not True:  # True: only checkpointing and early stopping
-                self.dispatches += sum(isinstance(callback, diagnostics) for callback in trainer.callbacks)
-            dispatch(trainer, hook_name, *args, monitoring_callbacks=monitoring_callbacks, **kwargs)
+        def timed_log_metrics(logger: Any, *args: Any, **kwargs: Any) -> Any:
+            """TensorBoard's share of the hooks: its ``log_metrics`` called from within them."""
+            start = time.perf_counter()
+            try:
+                return log_metrics(logger, *args, **kwargs)
+            finally:
+                if self._depth:
+                    self.tensorboard_seconds += time.perf_counter() - start
 
-        call._call_callback_hooks = counted  # type: ignore[assignment]
-        self.reset()
-
-    def reset(self) -> None:
-        self.cpu_s = self.writer_s = 0.0
-        self.calls = self.dispatches = 0
-
-    def inside_s(self) -> float:
-        return max(0.0, self.cpu_s - self.calls * self.per_call_s)
+        TensorBoardLogger.log_metrics = timed_log_metrics  # type: ignore[method-assign]
 
     def _timed(self, method: Callable[..., Any]) -> Callable[..., Any]:
         import functools
@@ -497,87 +497,14 @@ class _DiagnosticsAccount:
             if self._depth:  # a subclass's hook calling its base's: counted once
                 return method(*args, **kwargs)
             self._depth += 1
-            start = time.thread_time()
+            start = time.perf_counter()
             try:
                 return method(*args, **kwargs)
             finally:
-                self.cpu_s += time.thread_time() - start
-                self.calls += 1
+                self.seconds += time.perf_counter() - start
                 self._depth -= 1
 
         return wrapper
-
-    def _time_writer(self) -> None:
-        try:
-            from tensorboard.summary.writer.record_writer import RecordWriter
-        except ImportError:
-            return
-        write = RecordWriter.write
-
-        def timed_write(writer: Any, data: bytes) -> None:
-            start = time.thread_time()
-            try:
-                write(writer, data)
-            finally:
-                if b"per_class/" in data or b"hardness/" in data:  # the diagnostics' tags
-                    self.writer_s += time.thread_time() - start
-
-        RecordWriter.write = timed_write  # type: ignore[method-assign]
-
-
-def _dispatch_cost(trainer: Any, calls: int = 5000) -> float:
-    """Seconds Lightning spends per hook call on one diagnostics callback that does nothing in that hook.
-
-    Its loop over the callbacks, the profiler's context and the hook's name; timed on a hook neither
-    callback implements, with the two callbacks against with none, alternately.
-    """
-    from lightning.pytorch.trainer import call
-
-    from lossplug.callbacks._base import LossStatisticsCallback
-
-    ours = [callback for callback in trainer.callbacks if isinstance(callback, LossStatisticsCallback)]
-    kept = trainer.callbacks
-
-    def dispatch(callbacks: list[Any]) -> Callable[[], None]:
-        def run() -> None:
-            trainer.callbacks = callbacks
-            for _ in range(calls):
-                call._call_callback_hooks(trainer, "on_before_zero_grad", None)
-
-        return run
-
-    try:
-        extra = _median_extra(dispatch(ours), dispatch([]))
-    finally:
-        trainer.callbacks = kept
-    return extra / calls / len(ours)
-
-
-def _save_config_cost(cli: Any, repeats: int = 7) -> float:
-    """Seconds the run's config saving takes more because it holds the two callbacks, the way LightningCLI saves it."""
-    import copy
-
-    with_them = cli.config
-    without = copy.deepcopy(with_them)
-    without.trainer.callbacks = [callback for callback in without.trainer.callbacks if callback.class_path not in DIAGNOSTICS]
-    with tempfile.TemporaryDirectory() as directory:
-        path = os.path.join(directory, "config.yaml")
-
-        def save(config: Any) -> Callable[[], None]:
-            return lambda: cli.parser.save(config, path, skip_none=False, overwrite=True, multifile=False)
-
-        return max(0.0, _median_extra(save(with_them), save(without), repeats))
-
-
-def _median_extra(with_them: Callable[[], Any], without: Callable[[], Any], rounds: int = 7) -> float:
-    """Median seconds of ``with_them`` less the median of ``without``, the two called alternately ``rounds`` times."""
-    timings: dict[bool, list[float]] = {True: [], False: []}
-    for _ in range(rounds):
-        for key, run in ((True, with_them), (False, without)):
-            start = time.perf_counter()
-            run()
-            timings[key].append(time.perf_counter() - start)
-    return statistics.median(timings[True]) - statistics.median(timings[False])
 
 
 def _subprocess(args: list[str], timeout: float, environment: dict[str, str] | None = None) -> dict[str, Any] | str:
@@ -614,7 +541,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="times the whole list of rows is run (default 3)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per row and round (default 5)")
     parser.add_argument("--only", nargs="*", default=None, help=f"cases to run, of {list(CASES)} and diagnostics")
-    parser.add_argument("--fit-pairs", type=int, default=None, help="pairs of fits per diagnostics setting (default 10)")
+    parser.add_argument("--fit-pairs", type=int, default=None, help="pairs of fits per diagnostics setting (default 6)")
     parser.add_argument("--fit-epochs", type=int, default=None, help="epochs of `lossplug fit` (default: the setting's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     parser.add_argument("--row", nargs=2, metavar=("CASE", "ROW"), help=argparse.SUPPRESS)
@@ -625,7 +552,7 @@ def main() -> None:
     rounds = args.rounds or (1 if args.quick else 3)
     repeats = args.repeats or (3 if args.quick else 5)
     epochs = args.fit_epochs
-    pairs = args.fit_pairs or (3 if args.quick else 10)
+    pairs = args.fit_pairs or (2 if args.quick else 6)
     if args.row is not None:  # a child process: one row
         warmup = 1 if args.quick or args.memory else 2
         print(json.dumps(run_row(args.row[0], args.row[1], repeats, warmup, args.memory)))
@@ -661,7 +588,7 @@ def main() -> None:
             results[(case_name, row)].append(_subprocess(arguments, timeout))
         print(f"  round {round_index + 1}/{rounds} done ({time.perf_counter() - started:.0f} s)", flush=True)
     if with_diagnostics and why_not is None:
-        for setting in FIT_SETTINGS if not args.quick else ["default"]:
+        for setting in FIT_SETTINGS:
             arguments = ["--fit", setting, f"--fit-pairs={pairs}", *([f"--fit-epochs={epochs}"] if epochs else [])]
             fits[setting] = _subprocess(arguments, 1800)
             print(f"  diagnostics, {setting}: done ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -729,23 +656,19 @@ def _diagnostics_lines(fits: dict[str, dict[str, Any] | str], why_not: str | Non
         if isinstance(run, str):
             lines.append(f"diagnostics overhead, {setting}: failed ({run})")
             continue
-        on, off = run["times"]["on"], run["times"]["off"]
-        cpu_on, cpu_off = statistics.median(run["times"]["on_cpu"]), statistics.median(run["times"]["off_cpu"])
-        paired = statistics.median(a / b for a, b in zip(on, off, strict=True))
-        shares = {name: statistics.median(values) for name, values in run["parts"].items()}
-        total = sum(shares.values())
+        on, off, shares = run["times"]["on"], run["times"]["off"], run["shares"]
+        target = TARGETS[setting.split(",")[0]]
+        share = statistics.median(shares)
+        ratios = [a / b for a, b in zip(on, off, strict=True)]
         lines.append(
-            f"diagnostics overhead, {setting} (`lossplug fit`, {run['epochs']} epochs, {run['step_ms']:.1f} ms of fit per "
-            f"training step, {len(on)} pairs; PerClassLossMonitor + HardnessHistogram on vs off):\n"
-            f"  by the account {1 / (1 - total):.3f}x ({total:.2%} of trainer.fit with them) = their code on the "
-            f"training thread {shares['inside']:.2%} + TensorBoard's writer thread on their records "
-            f"{shares['writer']:.2%} + Lightning's hook calls {shares['dispatch']:.2%} ({run['dispatch_us']:.1f} us "
-            f"each) + the longer config's saving {shares['save_config']:.2%} ({run['save_config_ms']:.1f} ms)\n"
-            f"  by the wall clock {paired:.3f}x (median over pairs); medians {statistics.median(on):.2f} s vs "
-            f"{statistics.median(off):.2f} s = {statistics.median(on) / statistics.median(off):.3f}x; fastest fits "
-            f"{min(on):.2f} s vs {min(off):.2f} s = {min(on) / min(off):.3f}x\n"
-            f"  by the training thread's CPU time (the account's timers included) {cpu_on / cpu_off:.3f}x; medians "
-            f"{cpu_on:.2f} s vs {cpu_off:.2f} s"
+            f"diagnostics, {setting} ({run['classes']:,} classes, {run['epochs']} epochs, {run['step_ms']:.1f} ms of "
+            f"fit per training step, {len(on)} pairs):\n"
+            f"  hooks {share:.2%} of trainer.fit (range {min(shares):.2%}-{max(shares):.2%}; target <= {target:.0%}: "
+            f"{'met' if max(shares) <= target else 'NOT met' if share > target else 'met by the median'}), of which "
+            f"TensorBoardLogger.log_metrics {statistics.median(run['tensorboard']):.2%}\n"
+            f"  end to end {statistics.median(on) / statistics.median(off):.3f}x (medians {statistics.median(on):.2f} s "
+            f"vs {statistics.median(off):.2f} s; pairs {min(ratios):.3f}-{max(ratios):.3f}x); noise band of the fits "
+            f"without them {max(off) / min(off):.3f}x"
         )
     return "\n".join(lines)
 

@@ -4,43 +4,30 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from rich.box import HEAVY_HEAD
-from rich.cells import cell_len
-from rich.text import Text
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from rich import get_console
+from rich.table import Table
+from torch import Tensor
 from typing_extensions import override
 
-from lossplug.callbacks._accumulate import Array, Layout, Observed, observed, per_class_increment
-from lossplug.callbacks._base import (
-    LossStatisticsCallback,
-    Stage,
-    StageReport,
-    class_names_for,
-    console,
-    share,
-    stage_order,
-)
-from lossplug.output import LossOutput
+from lossplug.callbacks.base import EpochReport, LossDiagnostics, LossLayout, ObservedBatch, Stage, share
 from lossplug.shared_checks import check_number, check_positive_int
 
-TOTAL = "total"
-"""The ``term`` of the rows for the whole loss (a :class:`~lossplug.losses.WeightedSum`'s terms have their names)."""
+TOTAL = "total"  # the `term` of the whole loss's rows (a WeightedSum's terms have their names)
 
 
-def _nan_as_largest(value: float) -> float:
-    return math.inf if math.isnan(value) else value
-
-
-class PerClassLossMonitor(LossStatisticsCallback):
+class PerClassLossMonitor(LossDiagnostics):
     r"""Per epoch and stage: how many samples of each class were seen, their loss, and its share.
 
-    For each class :math:`c`, with :math:`\ell_i` the per-sample loss (class weights included) and
-    the sums over the epoch's non-ignored samples on every process:
+    For each class :math:`c`, with :math:`\ell_i` the per-sample loss (class weights included),
+    summed over the epoch's non-ignored samples on every process:
 
     .. math::
         \mathrm{count}_c = |\{i : y_i = c\}|, \quad
@@ -48,48 +35,28 @@ class PerClassLossMonitor(LossStatisticsCallback):
         \mathrm{loss\_mean}_c = \frac{\mathrm{loss\_sum}_c}{\mathrm{count}_c}, \quad
         \mathrm{share}_c = \frac{\mathrm{loss\_sum}_c}{\sum_k \mathrm{loss\_sum}_k}
 
-    For binary and multi-label losses the classes are the target columns (dim 1 of the target; a
-    plain binary target ``(N,)`` is one class), and every element counts for its column, positive
-    or negative. For :class:`~lossplug.losses.WeightedSum`, each term (with its weight applied) is
-    reported as well as the total; a term's shares are shares of that term's loss.
+    For binary and multi-label losses the classes are the target columns, and every element counts
+    for its column. A :class:`~lossplug.losses.WeightedSum`'s terms (weights applied) are reported
+    besides the ``total``; a term's shares are of that term's loss. Samples that a ``DistributedSampler``
+    repeats to even out the processes count again (at most ``processes - 1`` per epoch). Output per epoch:
 
-    The model must use :class:`~lossplug.mixin.LossMixin` and compute its loss with
-    ``self.compute_loss(output, target)``; the callback reads what that call computed, summing it
-    on the device in float64 without a host-device synchronization per step, and sums the tables
-    of all processes at the end of the epoch. Samples that a ``DistributedSampler`` repeats to give
-    every process the same number of batches cannot be told apart from the others and are counted
-    again (at most ``processes - 1`` samples per epoch; none when the dataset size is divisible by
-    the number of processes).
-
-    Output, at the end of every epoch of each stage in ``stages``:
-
-    * ``per_class_loss.csv`` in the run's log directory, one row per class (every class) and term:
-      ``epoch, stage, term, class, count, loss_sum, loss_mean, share``. ``term`` is ``total``, or a
-      WeightedSum term's name; ``class`` is the class name when known, else its index;
-      ``loss_mean`` and ``share`` are ``nan`` where undefined (no samples, no loss). The epoch's
-      rows are on disk when the epoch ends; after a resume, the file goes on from the checkpoint's
-      epoch. When validation runs several times per epoch (``val_check_interval`` < 1), each run
-      writes its rows under the epoch's number.
-    * Scalars in every logger, once per epoch, for the ``top_k`` classes with the largest loss:
-      ``per_class/{stage}/share/{class}`` and ``per_class/{stage}/loss_mean/{class}``; for a
-      WeightedSum also ``per_class/{stage}/term_share/{term}``, the term's share of the total.
-    * A table of the ``top_k`` classes in the console (rank zero), when ``verbose``: for the run's
-      last epoch, and for the epochs that end ``print_interval_s`` seconds or more after the last
-      tables printed (or the start of the run).
+    * ``per_class_loss.csv`` in the run's log directory, a row per class and term: ``epoch, stage,
+      term, class, count, loss_sum, loss_mean, share`` (``nan`` where a mean or share is undefined).
+    * In every logger, for the ``top_k`` classes with the largest loss: ``per_class/{stage}/share/{class}``
+      and ``per_class/{stage}/loss_mean/{class}``; ``per_class/{stage}/term_share/{term}`` for a WeightedSum.
+    * A table of the ``top_k`` classes in the console, when ``verbose``: for the run's last epoch, and
+      for epochs that end ``print_interval_s`` or more after the last tables printed.
 
     Args:
-        top_k: How many classes (those with the largest loss) are logged and shown; the CSV keeps
-            every class.
+        top_k: How many classes (those with the largest loss) are logged and shown; the CSV has all.
         stages: Stages to observe: ``"train"``, ``"validate"``, ``"test"``.
         class_names: Names of the classes, in index order. ``None`` takes the ``class_names``
             attribute of the data module, else of the model, where one has it; else indices.
         log_scalars: Log the top-k scalars to the trainer's loggers.
         dirpath: Directory of the CSV; ``None`` is the run's log directory (``trainer.log_dir``).
-        verbose: Print the table at the end of epochs.
-        print_interval_s: Print the tables of an epoch only when at least this many seconds have
-            passed since the last ones were printed or the run started (the run's last tables are
-            printed when it ends), so that fast epochs do not spend their time drawing tables
-            nobody can read as they scroll by; 0 prints every epoch.
+        verbose: Print the table.
+        print_interval_s: Seconds at least between printed tables (from the start of the run), so that
+            fast epochs scroll no tables by; 0 prints every epoch.
 
     Example:
         >>> PerClassLossMonitor(top_k=5, stages=["train"])
@@ -97,7 +64,7 @@ class PerClassLossMonitor(LossStatisticsCallback):
     """
 
     csv_name = "per_class_loss.csv"
-    csv_header = ("epoch", "stage", "term", "class", "count", "loss_sum", "loss_mean", "share")
+    csv_header = ("term", "class", "count", "loss_sum", "loss_mean", "share")
 
     def __init__(
         self,
@@ -105,11 +72,11 @@ class PerClassLossMonitor(LossStatisticsCallback):
         stages: Sequence[Stage] = ("train", "validate"),
         class_names: Sequence[str] | None = None,
         log_scalars: bool = True,
-        dirpath: str | None = None,
+        dirpath: str | os.PathLike[str] | None = None,
         verbose: bool = True,
         print_interval_s: float = 30.0,
     ) -> None:
-        super().__init__(stages, dirpath, verbose, log_scalars)
+        super().__init__(stages=stages, dirpath=dirpath, verbose=verbose, log_scalars=log_scalars)
         self.top_k = check_positive_int("top_k", top_k)
         self.print_interval_s = check_number("print_interval_s", print_interval_s, 0.0)
         if class_names is not None and (isinstance(class_names, str) or not isinstance(class_names, Sequence)):
@@ -117,190 +84,86 @@ class PerClassLossMonitor(LossStatisticsCallback):
                 f"Expected argument `class_names` to be a list of names or None, but got {type(class_names).__name__}."
             )
         self.class_names = None if class_names is None else [str(name) for name in class_names]
-        self._names_cache: tuple[int, list[str]] | None = None
-        self._printed: tuple[int, float] | None = None  # (epoch, when) of the last tables printed
-        self._unprinted: dict[str, tuple[int, Callable[[], Text]]] = {}
+        self._names: tuple[str, list[str]] = ("", [])  # the class names of this run, and where they come from
+        self._printed_at = 0.0
+        self._unprinted: list[Table] = []
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(top_k={self.top_k}, stages={list(self.stages)})"
 
-    def _table_shape(self, layout: Layout) -> tuple[int, int]:
-        return layout.num_classes, 2 + len(layout.terms)
+    @override
+    def table_shape(self, layout: LossLayout) -> tuple[int, int]:
+        return layout.num_classes, 2 + len(layout.terms)  # count, loss, each term's loss
 
-    def _observed(self, outputs: list[LossOutput], on_host: bool) -> Observed:
-        return observed(outputs, with_p_t=False, on_host=on_host)
+    @override
+    def increment(self, batch: ObservedBatch) -> tuple[Tensor, Tensor]:
+        return batch.class_index, torch.stack([batch.valid, batch.loss, *batch.term_losses.values()], dim=1)
 
-    def _increment(self, batch: Observed, dtype: torch.dtype) -> tuple[Array | None, Array]:
-        return per_class_increment(batch, dtype)
-
-    def _names(self, trainer: pl.Trainer, pl_module: pl.LightningModule, num_classes: int) -> list[str]:
-        if self._names_cache is None or self._names_cache[0] != num_classes:
-            self._names_cache = (num_classes, class_names_for(trainer, pl_module, self.class_names, num_classes))
-        return self._names_cache[1]
-
-    def _epoch_finished(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        stage: str,
-        epoch: int,
-        step: int,
-        layout: Layout,
-        table: list[list[float]],
-    ) -> StageReport:
-        names = self._names(trainer, pl_module, layout.num_classes)
-        # in Python from here: a handful of classes takes fewer steps than tensor operations on them,
-        # and 100,000 classes take milliseconds
-        count, *sum_columns = (list(column) for column in zip(*table, strict=True))
+    @override
+    def report(self, stage: str, epoch: int, table: Tensor, layout: LossLayout) -> EpochReport:
+        names = self._class_names(layout.num_classes)
+        count, *columns = table.T.tolist()  # in Python from here: a few numbers per class
         counts = [int(value) for value in count]
-        term_names = [TOTAL, *layout.terms]
-        term_totals = {term: math.fsum(loss_sums) for term, loss_sums in zip(term_names, sum_columns, strict=True)}
-        rows: list[Sequence[Any]] = []
-        for term, loss_sums in zip(term_names, sum_columns, strict=True):
-            total = term_totals[term]
-            rows += zip(
-                [epoch] * len(names),
-                [stage] * len(names),
-                [term] * len(names),
-                names,
-                counts,
-                loss_sums,
-                [share(loss_sum, value) for loss_sum, value in zip(loss_sums, counts, strict=True)],
-                [share(loss_sum, total) for loss_sum in loss_sums],
-                strict=True,
-            )
-        losses = sum_columns[0]
-        # a class whose loss is NaN (diverged) comes first
-        top = heapq.nlargest(self.top_k, range(len(counts)), key=lambda index: _nan_as_largest(losses[index]))
-        top_sums = {
-            term: [column[index] for index in top] for term, column in zip(term_names, sum_columns, strict=True)
-        }
-        top_counts = [counts[index] for index in top]
-        return StageReport(
-            stage=stage,
-            epoch=epoch,
-            step=step,
-            rows=rows,
-            metrics=self._metrics(stage, [names[index] for index in top], top_counts, top_sums, term_totals),
-            histograms=[],
-            summary=lambda: self._table_of(stage, epoch, names, top, top_counts, top_sums, term_totals[TOTAL]),
-        )
-
-    def _metrics(
-        self,
-        stage: str,
-        top_names: list[str],
-        top_counts: list[int],
-        top_sums: dict[str, list[float]],
-        term_totals: dict[str, float],
-    ) -> dict[str, float]:
-        total = term_totals[TOTAL]
+        sums = dict(zip((TOTAL, *layout.terms), columns, strict=True))
+        totals = {term: math.fsum(column) for term, column in sums.items()}
+        rows: list[Sequence[Any]] = [
+            (term, name, number, loss, share(loss, number), share(loss, totals[term]))
+            for term, column in sums.items()
+            for name, number, loss in zip(names, counts, column, strict=True)
+        ]
+        losses, total = sums[TOTAL], totals[TOTAL]
+        # the classes with the largest loss; a NaN loss (diverged) first
+        top = heapq.nlargest(self.top_k, range(len(counts)), key=lambda i: (math.isnan(losses[i]), losses[i]))
+        shown = share(math.fsum(losses[i] for i in top), total)
+        caption = f"top {len(top)} of {len(names)} classes: {shown:.1%} of the loss" if len(top) < len(names) else None
+        printed = Table(title=f"Per-class loss · {stage} · epoch {epoch}", caption=caption)
+        headings = ["#", "class", "count", "loss sum", "mean loss", "share", "cum. share"]
+        for column, heading in enumerate(headings + [f"{term} sum" for term in layout.terms]):
+            printed.add_column(heading, justify="left" if column == 1 else "right")
         metrics: dict[str, float] = {}
-        for name, count, loss_sum in zip(top_names, top_counts, top_sums[TOTAL], strict=True):
-            metrics[f"per_class/{stage}/share/{name}"] = share(loss_sum, total)
-            metrics[f"per_class/{stage}/loss_mean/{name}"] = share(loss_sum, count)
-        for term, term_total in term_totals.items():
-            if term != TOTAL:
-                metrics[f"per_class/{stage}/term_share/{term}"] = share(term_total, total)
-        return metrics
+        cumulative = 0.0
+        for rank, i in enumerate(top, start=1):
+            metrics[f"per_class/{stage}/share/{names[i]}"] = part = share(losses[i], total)
+            metrics[f"per_class/{stage}/loss_mean/{names[i]}"] = mean = share(losses[i], counts[i])
+            cumulative += part
+            cells = [f"{counts[i]:,}", f"{losses[i]:.4g}", f"{mean:.4g}", f"{part:.1%}", f"{cumulative:.1%}"]
+            printed.add_row(str(rank), names[i], *cells, *(f"{sums[term][i]:.4g}" for term in layout.terms))
+        metrics |= {f"per_class/{stage}/term_share/{term}": share(totals[term], total) for term in layout.terms}
+        return EpochReport(rows, metrics, summary=printed)
 
-    def _show(self, trainer: pl.Trainer, reports: list[StageReport]) -> None:
-        if self.verbose:
-            for report in reports:
-                self._print(report.stage, report.epoch, report.summary)
+    def _class_names(self, num_classes: int) -> list[str]:
+        source, names = self._names
+        if len(names) != num_classes:
+            if source:
+                rank_zero_warn(f"Expected {source} to name the {num_classes} classes, but got {len(names)} names.")
+            self._names = ("", names := [str(index) for index in range(num_classes)])
+        return names
 
-    def _print(self, stage: str, epoch: int, grid: Callable[[], Text]) -> None:
-        """Print the table now, or keep it (unbuilt: most are never printed) until the interval has passed."""
-        now = time.monotonic()
-        printed = self._printed
-        if printed is not None and printed[0] != epoch and now - printed[1] < self.print_interval_s:
-            self._unprinted[stage] = (epoch, grid)
-            return
-        if printed is None or printed[0] != epoch:
-            self._printed = (epoch, now)
-        self._unprinted.pop(stage, None)
-        console().print(grid(), crop=False, soft_wrap=True)
+    @override
+    def show(self, epoch: int, reports: list[tuple[str, EpochReport]]) -> None:
+        self._unprinted = [report.summary for _, report in reports] if self.verbose else []
+        if time.monotonic() - self._printed_at >= self.print_interval_s:
+            self._print()
+
+    def _print(self) -> None:
+        for table in self._unprinted:
+            get_console().print(table)
+        self._printed_at, self._unprinted = time.monotonic(), []
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
+        candidates = [
+            ("argument `class_names`", self.class_names),
+            ("the data module's `class_names`", getattr(getattr(trainer, "datamodule", None), "class_names", None)),
+            ("the model's `class_names`", getattr(pl_module, "class_names", None)),
+        ]
+        source, names = next(((source, names) for source, names in candidates if names is not None), ("", []))
+        self._names = (source, [str(name) for name in names])
         # the first tables, too, wait for the interval: a short run shows only its last ones
-        self._printed = (-1, time.monotonic())
-        self._unprinted.clear()
+        self._printed_at, self._unprinted = time.monotonic(), []
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().teardown(trainer, pl_module, stage)
-        for _, (_, grid) in sorted(self._unprinted.items(), key=lambda item: (item[1][0], stage_order(item[0]))):
-            console().print(grid(), crop=False, soft_wrap=True)
-        self._unprinted.clear()
-
-    def _table_of(
-        self,
-        stage: str,
-        epoch: int,
-        names: list[str],
-        top: list[int],
-        top_counts: list[int],
-        top_sums: dict[str, list[float]],
-        total: float,
-    ) -> Text:
-        shown = share(math.fsum(top_sums[TOTAL]), total)
-        title = f"Per-class loss · {stage} · epoch {epoch}"
-        caption = f"top {len(top)} of {len(names)} classes: {shown:.1%} of the loss" if len(top) < len(names) else None
-        term_names = [term for term in top_sums if term != TOTAL]
-        headings = ["#", "class", "count", "loss sum", "mean loss", "share", "cum. share"]
-        headings += [f"{term} sum" for term in term_names]
-        rows: list[list[str]] = []
-        cumulative = 0.0
-        for rank, (index, count, loss_sum) in enumerate(zip(top, top_counts, top_sums[TOTAL], strict=True), start=1):
-            cumulative += share(loss_sum, total)
-            cells = [
-                str(rank),
-                names[index],
-                f"{count:,}",
-                f"{loss_sum:.4g}",
-                f"{share(loss_sum, count):.4g}",
-                f"{share(loss_sum, total):.1%}",
-                f"{cumulative:.1%}",
-            ]
-            rows.append(cells + [f"{top_sums[term][rank - 1]:.4g}" for term in term_names])
-        return _boxed(title, caption, headings, rows, left_column=1)
-
-
-def _boxed(title: str, caption: str | None, headings: list[str], rows: list[list[str]], left_column: int) -> Text:
-    """A table in rich's default box (``HEAVY_HEAD``), laid out here: one text, rendered in a fraction of a millisecond.
-
-    rich's ``Table`` measures and renders each cell on its own, which costs about 3 ms per table here:
-    as much as a training step of the default run. Columns are right-aligned except ``left_column``.
-    """
-    box = HEAVY_HEAD.substitute(console().options)
-    widths = [
-        max(cell_len(heading), *(cell_len(row[column]) for row in rows)) for column, heading in enumerate(headings)
-    ]
-    spans = [width + 2 for width in widths]  # one space of padding on either side
-
-    def cells(values: list[str]) -> list[str]:
-        return [
-            value + " " * (width - cell_len(value))
-            if column == left_column
-            else " " * (width - cell_len(value)) + value
-            for column, (value, width) in enumerate(zip(values, widths, strict=True))
-        ]
-
-    vertical = f" {box.mid_vertical} "
-    lines = [
-        f"{box.get_top(spans)}\n{box.head_left} "
-        + f" {box.head_vertical} ".join(cells(headings))
-        + f" {box.head_right}",
-        box.get_row(spans, level="head"),
-        *(f"{box.mid_left} " + vertical.join(cells(row)) + f" {box.mid_right}" for row in rows),
-        box.get_bottom(spans),
-    ]
-    text = Text(no_wrap=True, overflow="ignore")
-    text.append(f"{title}\n", style="table.title")
-    text.append(lines[0], style="table.header")  # a few styled spans: each one costs rich a pass
-    text.append("\n" + "\n".join(lines[1:]))
-    if caption is not None:
-        text.append(f"\n{caption}", style="table.caption")
-    return text
+        self._print()  # the run's last tables

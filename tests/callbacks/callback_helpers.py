@@ -120,6 +120,16 @@ class TableData(L.LightningDataModule):
         return self._loader()
 
 
+class ShardedTableData(TableData):
+    """TableData whose training batches are split over the processes by hand and resumable mid-epoch."""
+
+    def train_dataloader(self) -> Any:
+        ids, size = torch.arange(self.target.shape[0]), self.batch_size
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        starts = range(size * rank, len(ids), size * world)
+        return ResumableLoader([(ids[start : start + size], self.target[start : start + size]) for start in starts])
+
+
 class DigitsMLP(LossMixin, L.LightningModule):
     """A small MLP on scikit-learn's 8x8 digits."""
 
@@ -132,17 +142,66 @@ class DigitsMLP(LossMixin, L.LightningModule):
         features, target = batch
         return self.compute_loss(self.net(features), target)
 
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        features, target = batch
+        self.log("val_loss", self.compute_loss(self.net(features), target))
+
     def configure_optimizers(self) -> Any:
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
-def digits_loader(batch_size: int = 128) -> DataLoader:
+def digits_loader(batch_size: int = 128, shuffle: bool = True) -> DataLoader:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     features = torch.tensor(digits.data, dtype=torch.float32) / 16.0
     target = torch.tensor(digits.target, dtype=torch.long)
-    return DataLoader(TensorDataset(features, target), batch_size=batch_size, shuffle=True)
+    return DataLoader(TensorDataset(features, target), batch_size=batch_size, shuffle=shuffle)
+
+
+class ResumableLoader:
+    """The batches of ``loader`` in a fixed order, resumable mid-epoch (Lightning saves its state in checkpoints)."""
+
+    def __init__(self, loader: Any) -> None:
+        self.batches = list(loader)
+        self.consumed = self.resume_at = 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Any:
+        start, self.resume_at = self.resume_at, 0
+        for index in range(start, len(self.batches)):
+            self.consumed = index + 1
+            yield self.batches[index]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"consumed": self.consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.resume_at = state["consumed"] % len(self.batches)  # a finished epoch: the next one starts afresh
+
+
+class StopAfterCheckpoint(L.Callback):
+    """Raises at the next training batch or training epoch end after the ``count``-th checkpoint was saved:
+    the run stops between a checkpoint and the end of its epoch. Put it before the diagnostics callbacks."""
+
+    def __init__(self, count: int = 1) -> None:
+        self.count = count
+        self.saved = 0
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self.saved += 1
+
+    def _stop(self) -> None:
+        if self.saved >= self.count:
+            raise RuntimeError(f"stopped after checkpoint {self.saved}")
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._stop()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop()
 
 
 def make_trainer(

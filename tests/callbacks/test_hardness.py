@@ -151,7 +151,7 @@ def test_center_loss_alone_has_no_p_t(tmp_path: Path) -> None:
             r"`hard_threshold` to be a number in \[0, easy_threshold=0.9\], but got 0.95",
         ),
         ({"hard_threshold": "low"}, TypeError, "`hard_threshold` to be a number, but got str 'low'"),
-        ({"plot_every_n_epochs": 0}, ValueError, "`plot_every_n_epochs` to be an integer >= 1, but got 0"),
+        ({"plot_interval_s": -1}, ValueError, r"`plot_interval_s` to be a number >= 0, but got -1"),
         ({"stages": ["fit"]}, ValueError, "`stages` to be one of"),
     ],
 )
