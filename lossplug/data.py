@@ -5,13 +5,39 @@ Nothing is downloaded: the 1,797 8x8 digit images ship inside scikit-learn.
 
 from __future__ import annotations
 
+from collections.abc import Sized
+
 import lightning as L
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from lossplug.shared_checks import check_number, check_positive_int
+
+
+class EpochSeededSampler(RandomSampler):
+    """A shuffle that depends only on the seed and the epoch, so that a resumed run sees the batches of
+    the run it continues. Lightning calls :meth:`set_epoch` before every training epoch.
+
+    Example:
+        >>> sampler = EpochSeededSampler(range(5), seed=0)
+        >>> sampler.set_epoch(3)
+        >>> first = list(sampler)
+        >>> sampler.set_epoch(3)
+        >>> list(sampler) == first
+        True
+    """
+
+    def __init__(self, data: Sized, seed: int) -> None:
+        self._generator = torch.Generator()
+        super().__init__(data, generator=self._generator)  # type: ignore[arg-type]
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Shuffle as epoch ``epoch`` of a run with this seed."""
+        self._generator.manual_seed(int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]))
 
 
 class DigitsDataModule(L.LightningDataModule):
@@ -45,7 +71,7 @@ class DigitsDataModule(L.LightningDataModule):
         self.imbalance_ratio = check_number("imbalance_ratio", imbalance_ratio, 0.0, 1.0, low_closed=False)
         self.eval_per_class = check_positive_int("eval_per_class", eval_per_class)
         self.batch_size = check_positive_int("batch_size", batch_size)
-        self.seed = seed
+        self.seed = check_positive_int("seed", seed, minimum=0)
         self.num_classes = type(self).num_classes
         self.input_dim = 64
         self.class_names = [str(digit) for digit in range(10)]
@@ -83,8 +109,8 @@ class DigitsDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self._splits["train"], batch_size=self.batch_size, shuffle=True, generator=generator)
+        sampler = EpochSeededSampler(self._splits["train"], self.seed)
+        return DataLoader(self._splits["train"], batch_size=self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

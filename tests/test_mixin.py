@@ -17,7 +17,7 @@ from lossplug.losses import ArcFaceLoss, CenterLoss, CrossEntropyLoss, FocalLoss
 
 
 class TwoHeadModel(LossMixin, L.LightningModule):
-    def __init__(self, loss: nn.Module, lr: float = 0.1, loss_lr: float | None = None) -> None:
+    def __init__(self, loss: nn.Module, lr: float = 0.1) -> None:
         super().__init__(loss=loss)
         self.save_hyperparameters()
         self.encoder = nn.Linear(4, 3)
@@ -32,7 +32,7 @@ class TwoHeadModel(LossMixin, L.LightningModule):
         return self.compute_loss(self(features), target)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameter_groups(self.hparams.lr, self.hparams.loss_lr))
+        return torch.optim.SGD(self.parameter_groups(self.hparams.lr))
 
 
 class CountingData(L.LightningDataModule):
@@ -48,11 +48,14 @@ class CountingData(L.LightningDataModule):
 
 
 class Recorder:
-    def __init__(self) -> None:
+    def __init__(self, prediction_stages: tuple[str, ...] = ()) -> None:
         self.calls: list[tuple[LossOutput, str]] = []
+        self.predictions: list[torch.Tensor | None] = []
+        self.prediction_stages = prediction_stages
 
-    def observe_loss(self, output: LossOutput, stage: str) -> None:
+    def observe_loss(self, output: LossOutput, stage: str, predictions: torch.Tensor | None) -> None:
         self.calls.append((output, stage))
+        self.predictions.append(predictions)
 
 
 def _trainer(tmp_path: Path, **kwargs: object) -> L.Trainer:
@@ -100,32 +103,56 @@ def test_observers_get_detached_outputs_with_the_stage() -> None:
     assert not output.terms["center"].per_sample.requires_grad
     torch.testing.assert_close(output.loss, loss.detach())
     assert torch.equal(output.target, target)
+    assert recorder.predictions == [None]  # nobody asked for them
     model.remove_loss_observer(recorder)
     model.compute_loss(model(torch.randn(4, 4)), target)
     assert len(recorder.calls) == 1
 
 
-def test_loss_parameters_are_submodule_parameters_with_their_own_group() -> None:
-    loss = WeightedSum({"arcface": ArcFaceLoss(5, 3), "center": CenterLoss(5, 3)})
-    model = TwoHeadModel(loss, lr=0.1, loss_lr=0.5)
+def test_observers_get_the_predictions_in_the_stages_they_ask_for() -> None:
+    model = TwoHeadModel(CrossEntropyLoss())
+    recorder = Recorder(prediction_stages=("train",))
+    model.add_loss_observer(recorder)
+    output = model(torch.randn(4, 4))
+    model.compute_loss(output, torch.tensor([0, 1, 2, 3]))
+    (predictions,) = recorder.predictions
+    assert predictions is not None
+    assert not predictions.requires_grad
+    torch.testing.assert_close(predictions, output["logits"].detach())
+
+
+def test_each_loss_s_parameters_get_a_group_with_its_own_learning_rate() -> None:
+    loss = WeightedSum({"arcface": ArcFaceLoss(5, 3, lr=0.5), "center": CenterLoss(5, 3)})
+    model = TwoHeadModel(loss, lr=0.1)
     parameter_ids = {id(p) for p in model.parameters()}
     assert id(loss.terms["arcface"].weight) in parameter_ids
     assert id(loss.terms["center"].centers) in parameter_ids
     assert "loss.terms.center.centers" in model.state_dict()
-    own, loss_group = model.parameter_groups(0.1, 0.5, weight_decay=0.01)
-    assert own["lr"] == 0.1
-    assert own["weight_decay"] == 0.01
-    assert loss_group["lr"] == 0.5
-    assert loss_group["weight_decay"] == 0.0
-    assert {id(p) for p in loss_group["params"]} == {id(p) for p in loss.parameters()}
-    assert len(own["params"]) + len(loss_group["params"]) == len(list(model.parameters()))
+    own, arcface_group, center_group = model.parameter_groups(0.1, weight_decay=0.01)
+    assert (own["lr"], own["weight_decay"]) == (0.1, 0.01)
+    assert (arcface_group["lr"], arcface_group["weight_decay"]) == (0.5, 0.0)
+    assert (center_group["lr"], center_group["weight_decay"]) == (0.1, 0.0)  # no lr of its own: the model's
+    assert [id(p) for p in arcface_group["params"]] == [id(loss.terms["arcface"].weight)]
+    assert [id(p) for p in center_group["params"]] == [id(loss.terms["center"].centers)]
+    assert len(own["params"]) + 2 == len(list(model.parameters()))
 
 
 def test_optimizer_trains_the_centers(tmp_path: Path) -> None:
-    model = TwoHeadModel(WeightedSum({"ce": CrossEntropyLoss(), "center": CenterLoss(5, 3)}), loss_lr=0.5)
+    model = TwoHeadModel(WeightedSum({"ce": CrossEntropyLoss(), "center": CenterLoss(5, 3, lr=0.5)}))
     before = model.loss.terms["center"].centers.detach().clone()
     _trainer(tmp_path).fit(model, CountingData())
     assert not torch.equal(before, model.loss.terms["center"].centers.detach())
+
+
+class PlainOptimizerModel(TwoHeadModel):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)  # ignores the loss's own lr
+
+
+def test_a_loss_learning_rate_the_optimizer_ignores_is_an_error(tmp_path: Path) -> None:
+    model = PlainOptimizerModel(WeightedSum({"ce": CrossEntropyLoss(), "center": CenterLoss(5, 3, lr=0.5)}))
+    with pytest.raises(ValueError, match=r"CenterLoss\(lr=0.5\) with lr=0.5, but it uses lr=0.1: .*parameter_groups"):
+        _trainer(tmp_path).fit(model, CountingData())
 
 
 def test_alpha_strategy_is_resolved_from_the_data_module_and_checkpointed(tmp_path: Path) -> None:
@@ -158,7 +185,7 @@ def test_hyperparameters_store_the_loss_as_its_config_without_warnings() -> None
         "init_args": {
             "gamma": 1.5,
             "alpha": [0.1, 0.2, 0.3, 0.4, 0.5],
-            "beta": 0.999,
+            "beta": None,
             "ignore_index": -100,
             "reduction": "mean",
             "validate_args": True,

@@ -1,4 +1,4 @@
-"""DemoClassifier: one network for every loss, with its metrics."""
+"""DemoClassifier: one network for every loss."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import lightning as L
 import pytest
 import torch
 
+from lossplug.callbacks import LongTailReport
 from lossplug.data import DigitsDataModule
 from lossplug.losses import ArcFaceLoss, BinaryFocalLoss, CrossEntropyLoss, FocalLoss
 from lossplug.models import DemoClassifier
 
 
 def test_forward_gives_logits_and_embeddings() -> None:
-    model = DemoClassifier(CrossEntropyLoss(), embedding_dim=8)
+    model = DemoClassifier(CrossEntropyLoss(), num_classes=10, embedding_dim=8)
     output = model(torch.randn(5, 64))
     assert output["logits"].shape == (5, 10)
     assert output["embeddings"].shape == (5, 8)
@@ -33,7 +34,7 @@ def test_forward_gives_logits_and_embeddings() -> None:
 def test_training_improves_the_balanced_test_accuracy(loss: torch.nn.Module, lr: float, tmp_path: Path) -> None:
     torch.manual_seed(0)
     data = DigitsDataModule()
-    model = DemoClassifier(loss, lr=lr)
+    model = DemoClassifier(loss, num_classes=10, lr=lr)
     trainer = L.Trainer(
         default_root_dir=tmp_path,
         max_epochs=8,
@@ -42,6 +43,7 @@ def test_training_improves_the_balanced_test_accuracy(loss: torch.nn.Module, lr:
         enable_progress_bar=False,
         enable_model_summary=False,
         accelerator="cpu",
+        callbacks=[LongTailReport()],  # accuracy, macro-F1 and recall
     )
     before = trainer.test(model, data, verbose=False)[0]
     trainer.fit(model, data)
@@ -54,6 +56,8 @@ def test_training_improves_the_balanced_test_accuracy(loss: torch.nn.Module, lr:
 
 def test_bad_arguments_name_themselves() -> None:
     with pytest.raises(ValueError, match=r"`lr` to be a number > 0, but got 0"):
-        DemoClassifier(CrossEntropyLoss(), lr=0)
+        DemoClassifier(CrossEntropyLoss(), num_classes=10, lr=0)
     with pytest.raises(ValueError, match=r"`num_classes` to be an integer >= 2, but got 1"):
         DemoClassifier(CrossEntropyLoss(), num_classes=1)
+    with pytest.raises(ValueError, match=r"`num_classes` to be an integer >= 2, but got None"):
+        DemoClassifier(CrossEntropyLoss())

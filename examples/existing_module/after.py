@@ -1,10 +1,12 @@
 """The same LightningModule after adopting lossplug: the changed lines are marked ``# lossplug``.
 
-Run it with its own LightningCLI, picking any loss from the command line or YAML::
+Train it with the ``lossplug`` command (its loggers, diagnostics and checkpoints), from this folder::
 
-    python examples/existing_module/after.py fit --model.loss=FocalLoss --model.loss.gamma=2
-    python examples/existing_module/after.py fit --model.loss=BalancedCrossEntropyLoss \\
-        --model.loss.alpha=inverse_frequency --trainer.callbacks+=lossplug.callbacks.HardnessHistogram
+    lossplug fit --model after.LitClassifier --data data.BreastCancerData --config focal
+
+or with its own LightningCLI, picking any loss from the command line or YAML::
+
+    python after.py fit --model.loss=FocalLoss --model.loss.gamma=2
 """
 
 from __future__ import annotations
@@ -43,4 +45,4 @@ class LitClassifier(LossMixin, L.LightningModule):  # lossplug: the mixin comes 
 if __name__ == "__main__":
     from data import BreastCancerData  # the example's data module, beside this file
 
-    LightningCLI(LitClassifier, BreastCancerData)
+    LightningCLI(LitClassifier, BreastCancerData, trainer_defaults={"max_epochs": 10})

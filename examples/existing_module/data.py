@@ -9,7 +9,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 
 class BreastCancerData(L.LightningDataModule):
-    """Standardized features; a fixed 80/20 split. ``class_counts`` lets class weights be computed."""
+    """Standardized features; a fixed 80/20 split.
+
+    ``num_classes``, ``class_names`` and ``class_counts`` are what the ``lossplug`` command reads from a
+    data module: the loss's dimensions, the names in the diagnostics, and computed class weights.
+    """
 
     def __init__(self, batch_size: int = 64, seed: int = 0) -> None:
         super().__init__()
@@ -22,6 +26,8 @@ class BreastCancerData(L.LightningDataModule):
         cut = int(0.8 * len(order))
         self.train_set = TensorDataset(features[order[:cut]], target[order[:cut]])
         self.val_set = TensorDataset(features[order[cut:]], target[order[cut:]])
+        self.num_classes = 2
+        self.class_names = [str(name) for name in data.target_names]  # malignant, benign
         self.class_counts = torch.bincount(target[order[:cut]], minlength=2)
 
     def train_dataloader(self) -> DataLoader:
