@@ -41,6 +41,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lossplug import losses
+from lossplug.callbacks import LongTailReport
 from lossplug.losses.base import BaseLoss
 from lossplug.mixin import LossMixin
 
@@ -349,11 +350,13 @@ class LossplugCLI(LightningCLI):
         embedding_dim = model_args.get("embedding_dim")
         _fill_model_arguments(model_args, facts, config.model.class_path)
         _fill_loss_dimensions(model_args.get("loss"), facts, embedding_dim, config.model.class_path)
-        if data is not None:
-            config.data = data  # instantiated once: the parser takes it as it is
         claimed = _claim_run_folders(config) if self.resumed_run is None and self.subcommand else []
+        data_spec = config.get("data")
         try:
+            if data is not None:
+                config.data = data  # instantiated once: the parser takes it as it is
             super().instantiate_classes()
+            config.data = data_spec  # the config as given, for the config.yaml the run saves
             check_model(self.model, facts, embedding_dim)
             if config.get("logit_adjustment") is not None:
                 if config.logit_adjustment and not facts.has_counts:
@@ -373,10 +376,15 @@ class LossplugCLI(LightningCLI):
         if trainer.interrupted or not _has_test_split(self.model, self.datamodule):
             return
         checkpoint = trainer.checkpoint_callback
-        ckpt_path = "best" if checkpoint is not None and getattr(checkpoint, "best_model_path", None) else None
+        # without a monitored metric, the "best" checkpoint is the last epoch's: the weights in memory
+        monitored = checkpoint is not None and getattr(checkpoint, "monitor", None)
+        ckpt_path = "best" if monitored and getattr(checkpoint, "best_model_path", None) else None
         # every process tests and reads the log folder (both are collectives under DDP); the first one prints
         results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False)
         log_dir = trainer.log_dir
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(callback, LongTailReport) and results:
+                results[0] = {**results[0], **callback.results.get("test", {})}  # each class's recall too
         if trainer.is_global_zero and results:
             title = f"Test split ({'best checkpoint' if ckpt_path else 'last weights'}"
             tau = self._subconfig().get("logit_adjustment")
@@ -638,7 +646,12 @@ def check_model(model: pl.LightningModule, facts: DataFacts, embedding_dim: int 
             f"Expected the model to use lossplug.LossMixin, but {name} does not: declare "
             f"`class {name}(LossMixin, L.LightningModule)` and pass the loss with `super().__init__(loss=loss)`."
         )
-    loss = model.loss
+    loss = model.__dict__.get("_modules", {}).get("loss")
+    if loss is None:
+        raise ConfigError(
+            f"Expected {name} to have a loss, but it has none: give one (`--model.loss=FocalLoss`, `--config focal`), "
+            f"or pass it on with `super().__init__(loss=loss)` in `{name}.__init__`."
+        )
     for module in loss.modules():
         if not isinstance(module, BaseLoss):
             continue

@@ -101,9 +101,14 @@ def plan(args: Sequence[str]) -> tuple[list[Run], list[str], int, Path]:
 
 
 def _command(run: Run, overrides: list[str]) -> list[str]:
+    folder = {"save_dir": str(run.folder.parent.parent), "name": run.label, "version": run.folder.name}
     loggers = [
-        {"class_path": f"lightning.pytorch.loggers.{name}", "init_args": {"save_dir": str(run.folder.parent.parent), "name": run.label, "version": run.folder.name}}
-        for name in ("CSVLogger", "TensorBoardLogger")
+        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": folder},
+        {
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {**folder, "default_hp_metric": False},
+            "dict_kwargs": {"max_queue": 1000},
+        },
     ]
     return [
         sys.executable, "-m", "lossplug", "fit",
@@ -177,6 +182,7 @@ def draw_recall(runs: list[Run], path: Path) -> bool:
     finished = [run for run in runs if run.error is None and run.class_counts]
     if not finished:
         return False
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -185,12 +191,22 @@ def draw_recall(runs: list[Run], path: Path) -> bool:
     ax = figure.subplots()
     names, counts = finished[0].class_names, finished[0].class_counts
     order = sorted(range(len(counts)), key=lambda index: counts[index])
-    for label in dict.fromkeys(run.label for run in finished):
+    labels = list(dict.fromkeys(run.label for run in finished))
+    palette = colormaps["tab10" if len(labels) <= 10 else "tab20"]
+    colours = [palette(index) for index in range(palette.N)]
+    for number, label in enumerate(labels):
         of_label = [run for run in finished if run.label == label]
         recall = [
             statistics.fmean(run.metrics.get(f"test/recall/{names[index]}", math.nan) for run in of_label) for index in order
         ]
-        ax.plot([counts[index] for index in order], recall, marker="o", linewidth=1.8, label=f"{label} ({len(of_label)} seeds)")
+        ax.plot(
+            [counts[index] for index in order],
+            recall,
+            marker="osD^v<>ph*"[number % 10],
+            color=colours[number % len(colours)],
+            linewidth=1.6,
+            label=f"{label} ({len(of_label)} seeds)",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("training samples of the class (log scale)")
     ax.set_ylabel("test recall of the class (mean over seeds)")
@@ -239,9 +255,11 @@ def compare(args: Sequence[str]) -> int:
             progress.console.print(f"{run.label} seed {run.seed}: {note}", highlight=False)
             progress.advance(task)
     rows = summarize(runs)
-    Console().print(write_tables(rows, out))
+    # a table this wide wraps in a pipe's default 80 columns
+    wide = Console(width=None if sys.stdout.isatty() else 160)
+    wide.print(write_tables(rows, out))
     drawn = draw_recall(runs, out / "recall_by_frequency.png")
-    Console().print(
+    wide.print(
         f"tables: {out / 'comparison.csv'}, {out / 'comparison.md'}"
         + (f"; plot: {out / 'recall_by_frequency.png'}" if drawn else "")
         + f"; runs: {out / 'runs'}",

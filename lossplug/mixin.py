@@ -154,15 +154,12 @@ class LossMixin:
         return target
 
     def prediction_logits(self, output: ModelOutput) -> Tensor:
-        r"""Class scores to rank predictions by: the margin-free cosine logits of an ArcFace loss (its
-        class weights are the classifier), else the model's logits; with a post-hoc logit adjustment
-        (:meth:`set_logit_adjustment`), :math:`z_c - \tau \log \pi_c`."""
-        scores: Tensor | None = None
-        for module in self._configured_loss().modules():
-            cosine_logits = getattr(module, "cosine_logits", None)
-            if callable(cosine_logits):
-                scores = cosine_logits(select_input(output, "embeddings", type(module).__name__))
-                break
+        r"""Class scores to rank predictions by: the loss's :meth:`~lossplug.losses.BaseLoss.scores` (the
+        margin-free cosine logits of ArcFace, whose class weights are the classifier; LDAM's scaled
+        logits), else the model's logits; with a post-hoc logit adjustment (:meth:`set_logit_adjustment`),
+        :math:`z_c - \tau \log \pi_c`."""
+        loss = self._configured_loss()
+        scores = loss.scores(output) if isinstance(loss, BaseLoss) else None
         if scores is None:
             scores = select_input(output, "logits", "prediction")
         if not self._logit_adjustment:

@@ -11,6 +11,10 @@ import torch
 from torch import Tensor, nn
 
 REDUCTIONS = ["mean", "sum", "none"]
+LOGIT_SHAPES = {"2d": (8, 4), "4d": (2, 4, 3, 2)}
+"""Logits ``(N, C)`` and ``(N, C, d1, d2)``, by name."""
+IGNORE_CASES = {"no_ignore": None, "ignore_-100": -100, "ignore_class_1": 1}
+"""``ignore_index`` values by name: none, torch's default, and a real class."""
 HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 ErrorCases = dict[str, tuple[Callable[[], object], type[Exception], str]]
@@ -71,6 +75,11 @@ def make_embedding_case(
 def ignore_kwargs(ignore_index: int | None) -> dict[str, int]:
     """``ignore_index`` as a keyword argument, or none at all (the default) for ``None``."""
     return {} if ignore_index is None else {"ignore_index": ignore_index}
+
+
+def labelled(reduction: str) -> Callable[[str], str]:
+    """Prefixes an assertion message with the reduction it is about."""
+    return lambda message: f"{reduction}: {message}"
 
 
 def reduce(per_sample: Tensor, reduction: str) -> Tensor:

@@ -317,6 +317,10 @@ def test_available_losses_are_the_public_losses() -> None:
             r"Expected the model to use lossplug.LossMixin, but Unrelated does not",
         ),
         (["--model.num_classes=7"], r"Expected `model.num_classes` to be the data module's 10 classes"),
+        (
+            ["--model", "tests.user_project.NoLossByDefault", "--data", "tests.user_project.ZooData"],
+            r"Expected NoLossByDefault to have a loss, but it has none: give one \(`--model.loss=FocalLoss`",
+        ),
     ],
     ids=[
         "misspelled-option",
@@ -336,6 +340,7 @@ def test_available_losses_are_the_public_losses() -> None:
         "no-embedding-dim",
         "model-without-mixin",
         "model-classes-differ",
+        "model-without-loss",
     ],
 )
 def test_config_mistakes_fail_before_training_in_one_line(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -70,9 +71,10 @@ def test_a_run_killed_mid_epoch_and_resumed_gives_the_rows_of_one_never_interrup
     assert process.poll() is None, "the run ended before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
+    assert not any(row["epoch"] == "3" for row in _rows(run / "per_class_loss.csv")), "killed after its last epoch"
 
     resumed = _run(killed, *args, "--ckpt_path", "last")
-    assert "Resuming lightning_logs/version_0 from last.ckpt" in resumed.stderr
+    assert re.search(r"Resuming lightning_logs/version_0 from last.ckpt \(after epoch [0-2]\)", resumed.stderr), resumed.stderr
     assert sorted(path.name for path in (killed / "lightning_logs").iterdir()) == ["version_0"]
     for name in ("per_class_loss.csv", "hardness_histogram.csv"):
         _assert_same_rows(

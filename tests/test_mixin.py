@@ -235,6 +235,27 @@ def test_loss_target_and_prediction_logits() -> None:
     assert torch.equal(index.prediction_logits(output), output["logits"])
 
 
+def test_predictions_rank_by_the_scores_of_the_loss() -> None:
+    from lossplug.losses import LDAMLoss
+
+    model = TwoHeadModel(WeightedSum({"center": CenterLoss(5, 3), "ldam": LDAMLoss(scale=10.0, class_counts=[5, 4, 3, 2, 1])}))
+    output = model(torch.randn(4, 4))
+    # center loss has no class scores: the first term that has them, LDAM's scaled logits
+    torch.testing.assert_close(model.prediction_logits(output), 10.0 * output["logits"])
+
+
+def test_post_hoc_logit_adjustment_needs_the_class_counts() -> None:
+    model = TwoHeadModel(CrossEntropyLoss())
+    model.set_logit_adjustment(1.0)
+    with pytest.raises(RuntimeError, match=r"Post-hoc logit adjustment divides by the training class counts, but no data"):
+        model.prediction_logits(model(torch.randn(2, 4)))
+    with pytest.raises(ValueError, match=r"Expected argument `tau` to be a finite number, but got inf"):
+        model.set_logit_adjustment(float("inf"))
+    model.set_logit_adjustment(None)
+    output = model(torch.randn(2, 4))
+    assert torch.equal(model.prediction_logits(output), output["logits"])
+
+
 def test_a_plain_torch_loss_is_stored_as_config_and_rebuilt(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")

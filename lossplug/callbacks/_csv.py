@@ -16,8 +16,10 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 class CsvLog:
     """What a callback wrote to its CSV: the absolute path, the byte size and sha256, the stages written.
 
-    An epoch's rows reach the file in one ``write`` and an ``fsync``; a failed write is cut back off,
-    so that the file always ends after a whole epoch. Only rank zero writes.
+    An epoch's rows reach the file in one ``write``; a failed write is cut back off, so that the file
+    always ends after a whole epoch. The file is synced to disk (``fsync``) when a checkpoint records
+    its fingerprint, so that what the checkpoint describes outlives a crash of the machine too. Only
+    rank zero writes.
     """
 
     def __init__(self, path: str, header: Sequence[str], owner: str) -> None:
@@ -42,7 +44,6 @@ class CsvLog:
             view = memoryview(data)
             while view:
                 view = view[os.write(descriptor, view) :]
-            os.fsync(descriptor)
         except OSError as error:
             with contextlib.suppress(OSError):  # the error below says what happened; the next write cuts too
                 os.ftruncate(descriptor, self.size)
@@ -59,7 +60,14 @@ class CsvLog:
         self.written += [[epoch, stage] for epoch, stage in stages]
 
     def state(self) -> dict[str, Any]:
-        """What a checkpoint records: the file, its size and sha256 so far, and the stages written."""
+        """What a checkpoint records: the file, its size and sha256 so far, and the stages written; the file
+        is on disk first."""
+        if self.size:
+            descriptor = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
         return {"path": self.path, "size": self.size, "sha256": self.sha256.hexdigest(), "written": self.written}
 
     def resume(self, state: dict[str, Any]) -> None:

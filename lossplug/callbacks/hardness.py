@@ -178,8 +178,10 @@ class HardnessHistogram(LossDiagnostics):
                 )
                 line += f" · {stage}: samples {samples} %, loss {loss} %"
             nan = sum(int(report.summary["nan_count"]) for _, report in reports)
-            style = "bold red" if nan else None
-            get_console().print(f"{line} · NaN p_t: {nan}", highlight=False, soft_wrap=True, style=style)
+            if nan:
+                get_console().print(f"{line} · NaN p_t: {nan}", highlight=False, soft_wrap=True, style="bold red")
+            else:  # plain text: the line has nothing for rich to lay out
+                print(f"{line} · NaN p_t: 0", file=get_console().file)
         if self.plot and self._pending and time.monotonic() - self._drawn_at >= self.plot_interval_s:
             self._draw()  # on the training thread: a few tenths of a second, once per interval
 

@@ -24,7 +24,7 @@ from typing_extensions import override
 from lossplug.losses.base import BaseLoss
 from lossplug.mixin import LossMixin
 from lossplug.output import LossOutput
-from lossplug.shared_checks import check_class_counts, check_positive_int
+from lossplug.shared_checks import check_bool, check_class_counts, check_positive_int
 
 _PREFIX = {"validate": "val", "test": "test"}
 _FLUSH_VALUES = 1 << 20  # class scores kept before they are added: bounds what an evaluation holds
@@ -70,13 +70,13 @@ class LongTailReport(Callback):
         \mathrm{ECE} = \sum_b \frac{|B_b|}{N} \left| \frac{1}{|B_b|}\sum_{i \in B_b} \mathbb{1}[\hat y_i = y_i]
         - \frac{1}{|B_b|}\sum_{i \in B_b} \hat p_i \right|
 
-    It reads the class scores the model predicts with (:meth:`~lossplug.mixin.LossMixin.prediction_logits`,
+    The values are also in :attr:`results`, per stage. It reads the class scores the model predicts with (:meth:`~lossplug.mixin.LossMixin.prediction_logits`,
     post-hoc logit adjustment included) and the targets of its ``compute_loss`` calls: class indices
     (ignored ones left out), or, for binary and multi-label losses, the largest entry of each one-hot
-    target. The sums are torchmetrics states, summed over processes. The values go through
-    ``pl_module.log`` as ``{val,test}/acc``, ``/macro_f1``, ``/recall/{class}``, ``/recall_many``,
-    ``/recall_medium``, ``/recall_few`` and ``/ece``: to every logger, to ``trainer.callback_metrics``
-    (``ModelCheckpoint`` and ``EarlyStopping`` can monitor them) and to what ``trainer.test`` returns.
+    target. The sums are torchmetrics states, summed over processes. ``{val,test}/acc``, ``/macro_f1``,
+    ``/recall_many``, ``/recall_medium``, ``/recall_few`` and ``/ece`` go through ``pl_module.log``: to
+    every logger, to ``trainer.callback_metrics`` (``ModelCheckpoint`` and ``EarlyStopping`` can
+    monitor them) and to what ``trainer.test`` returns; ``{val,test}/recall/{class}`` to every logger.
 
     Args:
         many_shot: Classes with more training samples than this are many-shot.
@@ -86,6 +86,8 @@ class LongTailReport(Callback):
             (without counts, the groups are not reported, with a warning).
         class_names: Names of the classes for the recall keys; ``None`` takes the data module's or the
             model's ``class_names``, else the indices.
+        class_scalars: Log each class's recall to the loggers too (one scalar per class: turn it off
+            for many thousands of classes); :attr:`results` always holds them.
 
     Example:
         >>> LongTailReport(many_shot=100, few_shot=20)
@@ -101,6 +103,7 @@ class LongTailReport(Callback):
         bins: int = 15,
         class_counts: Sequence[int] | None = None,
         class_names: Sequence[str] | None = None,
+        class_scalars: bool = True,
     ) -> None:
         self.many_shot = check_positive_int("many_shot", many_shot, minimum=0)
         self.few_shot = check_positive_int("few_shot", few_shot, minimum=0)
@@ -111,6 +114,9 @@ class LongTailReport(Callback):
         self.bins = check_positive_int("bins", bins)
         self.class_counts = None if class_counts is None else check_class_counts(class_counts)
         self.class_names = None if class_names is None else [str(name) for name in class_names]
+        self.class_scalars = check_bool("class_scalars", class_scalars)
+        self.results: dict[str, dict[str, float]] = {}
+        """The last epoch's values of each stage (``"validate"``, ``"test"``), per-class recall included."""
         self._pending: list[tuple[Tensor, Tensor, Tensor | None]] = []  # (scores, targets, valid) not yet added
         self._pending_values = 0
         self._metrics: MetricCollection | None = None
@@ -203,14 +209,20 @@ class LongTailReport(Callback):
         recall = computed["recall"].tolist()
         prefix = _PREFIX[stage]
         values = {f"{prefix}/acc": float(computed["acc"]), f"{prefix}/macro_f1": float(computed["macro_f1"])}
-        names = self._names(trainer, pl_module, len(recall))
-        values.update({f"{prefix}/recall/{name}": value for name, value in zip(names, recall, strict=True)})
         counts = self._counts(trainer, len(recall))
         if counts is not None:
             groups = group_recall(recall, shot_groups(counts, self.many_shot, self.few_shot))
             values.update({f"{prefix}/recall_{group}": value for group, value in groups.items()})
         values[f"{prefix}/ece"] = float(computed["ece"])
+        # Lightning's `log` costs about a millisecond per key: the headline values go through it, the
+        # per-class recall (one key per class) straight to the loggers
         pl_module.log_dict(values, sync_dist=False)
+        names = self._names(trainer, pl_module, len(recall))
+        per_class = {f"{prefix}/recall/{name}": value for name, value in zip(names, recall, strict=True)}
+        if self.class_scalars:
+            for logger in trainer.loggers:
+                logger.log_metrics(per_class, step=trainer.global_step)
+        self.results[stage] = {**values, **per_class}
 
     def _names(self, trainer: pl.Trainer, pl_module: pl.LightningModule, num_classes: int) -> list[str]:
         datamodule = getattr(trainer, "datamodule", None)

@@ -1,8 +1,8 @@
 r"""LDAM: the label-distribution-aware margin loss, and the class weights of its deferred re-weighting (DRW).
 
 The margins and the DRW weights come from the training class counts :math:`n_c`. The margin only
-enters the loss: ``p_t`` (what the diagnostics bin by) is the model's own probability, before the
-margin and the scale.
+enters the loss: ``p_t`` (what the diagnostics bin by) is the probability of the scaled logits
+:math:`s z`, before the margin, which is how the loss's softmax sees the model.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def _ldam_output(
     nll = -log_q_t if weight is None else -log_q_t * sample_weight
     per_sample = torch.where(valid, nll, torch.zeros_like(nll))
     loss = reduce_loss(per_sample, reduction, sample_weight.sum())
-    p_t = model_p_t(compute_input, safe_target) if with_p_t else None
+    p_t = model_p_t(scaled, safe_target) if with_p_t else None
     return LossOutput(loss, per_sample, p_t, valid, target, "multiclass", input.shape[1])
 
 
@@ -160,8 +160,9 @@ def ldam_loss_output(
     (:class:`~lossplug.losses.LDAMLoss` does this by epoch). An empty batch, or one where every target
     is ignored, gives 0 with a zero gradient.
 
-    ``p_t`` is the model's own probability, before the prior/margin adjustment (and before the scale):
-    :math:`\mathrm{softmax}(z_i)_{y_i}`, what the model predicts with.
+    ``p_t`` is :math:`\mathrm{softmax}(s z_i)_{y_i}`: the probability of the scaled logits, before the
+    margin. The scale is the temperature of the model's softmax here (the paper's logits are cosines),
+    so calibration and the hardness bins read the probabilities the loss trains.
 
     Args:
         input: Logits ``(N, C)`` or ``(N, C, d1, ...)``; half precision is computed in float32.
@@ -180,7 +181,7 @@ def ldam_loss_output(
         >>> logits = torch.tensor([[0.5, 0.1, -0.2], [0.0, 0.2, 0.1]])
         >>> out = ldam_loss_output(logits, torch.tensor([0, 2]), [100, 20, 5], reduction="none")
         >>> [round(v, 4) for v in out.per_sample.tolist()], [round(p, 4) for p in out.p_t.tolist()]
-        ([0.0074, 18.0025], [0.4615, 0.3322])
+        ([0.0074, 18.0025], [1.0, 0.0473])
     """
     margins, weight = _checked_arguments(input, class_counts, max_margin, scale, weight, validate_args)
     return _ldam_output(input, target, margins, scale, weight, ignore_index, reduction, validate_args)

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from lossplug import shared_checks as checks
 from lossplug.functional.arcface import arcface_loss_output, check_arcface_args, cosine_logits
-from lossplug.losses.base import BaseLoss
+from lossplug.losses.base import BaseLoss, ModelOutput, select_input
 from lossplug.output import LossOutput
 from lossplug.shared_checks import Reduction
 
@@ -67,6 +67,10 @@ class ArcFaceLoss(BaseLoss):
         Computed in the promoted dtype of the embeddings and the weights, at least float32, as the loss is.
         """
         return cosine_logits(embeddings, self.weight, self.scale)
+
+    def scores(self, output: ModelOutput) -> Tensor:
+        """The margin-free cosine logits of the embeddings: the class weights are the classifier."""
+        return self.cosine_logits(select_input(output, "embeddings", type(self).__name__))
 
     def evaluate(self, input: Tensor, target: Tensor) -> LossOutput:
         return arcface_loss_output(

@@ -95,6 +95,12 @@ class BaseLoss(nn.Module):
         """:meth:`forward` on what this loss consumes from a model output (tensor or mapping)."""
         return self(select_input(output, self.input_kind, type(self).__name__), target)  # type: ignore[arg-type]
 
+    def scores(self, output: ModelOutput) -> Tensor | None:
+        """The class scores whose softmax (or sigmoid) is this loss's view of the model's probabilities:
+        what predictions rank classes by, and what calibration reads. The model's logits; ``None`` for a
+        loss without class probabilities (center loss)."""
+        return select_input(output, "logits", type(self).__name__) if self.input_kind == "logits" else None
+
     def set_class_counts(self, class_counts: Sequence[int] | Tensor) -> None:
         """Resolve weights given as a strategy (``alpha="inverse_frequency"``) from training class counts.
 

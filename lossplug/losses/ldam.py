@@ -9,7 +9,7 @@ from torch import Tensor
 
 from lossplug import shared_checks as checks
 from lossplug.functional.ldam import _check_max_margin, _check_scale, _ldam_output, drw_class_weights, ldam_margins
-from lossplug.losses.base import ClassCountsLoss
+from lossplug.losses.base import ClassCountsLoss, ModelOutput, select_input
 from lossplug.output import LossOutput
 from lossplug.shared_checks import ClassCounts, Reduction
 
@@ -31,8 +31,8 @@ class LDAMLoss(ClassCountsLoss):
     re-weights; ``drw_epoch=0`` weights from the start.
 
     The margins (and DRW weights) are computed once from the counts and kept as float32 buffers
-    ``margins`` (and ``drw_weight``). ``p_t`` is the model's own probability, before the prior/margin
-    adjustment (and the scale): :math:`\mathrm{softmax}(z)_y`, what the model predicts with.
+    ``margins`` (and ``drw_weight``). ``p_t`` is the probability of the scaled logits before the margin,
+    :math:`\mathrm{softmax}(s z)_y`, and predictions rank classes by :math:`s z` (:meth:`scores`).
 
     Args:
         max_margin: The margin of the rarest class, finite and ``>= 0``.
@@ -114,6 +114,10 @@ class LDAMLoss(ClassCountsLoss):
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         # the loss alone: no p_t
         return self._output(input, target, with_p_t=False).loss
+
+    def scores(self, output: ModelOutput) -> Tensor:
+        """The scaled logits :math:`s z`: the probabilities the loss trains (its margin left out)."""
+        return self.scale * select_input(output, "logits", type(self).__name__)
 
     def evaluate(self, input: Tensor, target: Tensor) -> LossOutput:
         return self._output(input, target, with_p_t=True)

@@ -114,6 +114,14 @@ class WeightedSum(BaseLoss):
     def _terms(self) -> dict[str, BaseLoss]:
         return dict(self.terms.items())  # type: ignore[arg-type]
 
+    def scores(self, output: ModelOutput) -> Tensor | None:
+        """The first term's scores that has any (center loss has none)."""
+        for term in self._terms().values():
+            scores = term.scores(output)
+            if scores is not None:
+                return scores
+        return None
+
     def set_class_counts(self, class_counts: Sequence[int] | Tensor) -> None:
         for term in self._terms().values():
             term.set_class_counts(class_counts)

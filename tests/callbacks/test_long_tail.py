@@ -49,7 +49,9 @@ def _expected(logits: torch.Tensor, target: torch.Tensor, bins: int = 15) -> dic
 def _test(tmp_path: Path, model: TableModel, report: LongTailReport, target: torch.Tensor) -> dict[str, float]:
     trainer = make_trainer(tmp_path, [report], max_epochs=1)
     (results,) = trainer.test(model, datamodule=TableData(target, batch_size=3, class_names=NAMES), verbose=False)
-    return results
+    assert not any("/recall/" in key for key in results)  # each class's recall goes straight to the loggers
+    assert report.results.get("test", {}).items() >= results.items()
+    return report.results.get("test", {})
 
 
 def test_values_match_a_hand_computation(tmp_path: Path) -> None:
@@ -68,8 +70,10 @@ def test_post_hoc_logit_adjustment_changes_the_predictions(tmp_path: Path) -> No
     model.set_logit_adjustment(1.0)
     data = TableData(TABLE_TARGET, batch_size=3, class_names=NAMES)
     data.class_counts = torch.tensor(COUNTS)
-    trainer = make_trainer(tmp_path, [LongTailReport()], max_epochs=1)
-    (results,) = trainer.test(model, datamodule=data, verbose=False)
+    report = LongTailReport()
+    trainer = make_trainer(tmp_path, [report], max_epochs=1)
+    trainer.test(model, datamodule=data, verbose=False)
+    results = report.results["test"]
     prior = torch.tensor(COUNTS, dtype=torch.float64) / sum(COUNTS)
     adjusted = TABLE_LOGITS.double() - prior.log()
     expected = _expected(adjusted, TABLE_TARGET)
@@ -98,6 +102,13 @@ def test_a_torch_loss_turns_the_report_off_with_a_warning(tmp_path: Path) -> Non
     with pytest.warns(UserWarning, match="LongTailReport is off for this run"):
         results = _test(tmp_path, TableModel(nn.CrossEntropyLoss(), TABLE_LOGITS), LongTailReport(), TABLE_TARGET)
     assert "test/acc" not in results
+
+
+def test_each_class_s_recall_reaches_the_loggers(tmp_path: Path) -> None:
+    _test(tmp_path, TableModel(CrossEntropyLoss(), TABLE_LOGITS), LongTailReport(class_counts=COUNTS), TABLE_TARGET)
+    (metrics_csv,) = tmp_path.glob("lightning_logs/version_*/metrics.csv")
+    header = metrics_csv.read_text().splitlines()[0].split(",")
+    assert {"test/acc", "test/recall/cat", "test/recall/eel", "test/recall_few", "test/ece"} <= set(header)
 
 
 def test_groups_and_their_recall() -> None:

@@ -70,3 +70,15 @@ def test_after_takes_any_loss_in_its_own_lightning_cli(tmp_path: Path) -> None:
     assert cli.model.loss.alpha is not None
     assert cli.model.loss.alpha.max() == 1.0
     assert metrics["val_acc"] > 0.9
+
+
+def test_the_lossplug_command_trains_it_as_the_readme_runs_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lossplug.cli import build_cli
+
+    monkeypatch.chdir(tmp_path)
+    quick = ["--trainer.max_epochs=2", "--trainer.enable_progress_bar=false"]
+    cli = build_cli(["fit", "--model", "after.LitClassifier", "--data", "data.BreastCancerData", "--config", "focal", *quick])
+    assert isinstance(cli.model.loss, FocalLoss)
+    torch.testing.assert_close(cli.model.loss.alpha.max(), torch.tensor(1.0))  # from the data's class counts
+    rows = (Path(cli.trainer.log_dir) / "per_class_loss.csv").read_text().splitlines()
+    assert {row.split(",")[3] for row in rows[1:]} == {"malignant", "benign"}  # the data module's class names

@@ -13,23 +13,20 @@ from torch.autograd import gradcheck, gradgradcheck
 from lossplug.functional.ldam import drw_class_weights, ldam_loss, ldam_loss_output, ldam_margins
 from tests.helpers import (
     HALF_DTYPES,
+    IGNORE_CASES,
+    LOGIT_SHAPES,
     REDUCTIONS,
     ErrorCases,
     assert_close_with_grad,
     assert_raises_message,
     ignore_kwargs,
+    labelled,
     make_logits,
     make_target,
     parametrize_error_cases,
 )
 
-SHAPES = {"2d": (8, 4), "4d": (2, 4, 3, 2)}
-IGNORE = {"no_ignore": None, "ignore_-100": -100, "ignore_class_1": 1}
-
-
-def labelled(reduction: str) -> Callable[[str], str]:
-    """Prefixes an assertion message with the reduction it is about."""
-    return lambda message: f"{reduction}: {message}"
+SHAPES, IGNORE = LOGIT_SHAPES, IGNORE_CASES
 
 
 COUNTS = [500, 60, 12, 3]
@@ -162,13 +159,13 @@ def test_weight_as_a_tensor_equals_a_sequence() -> None:
     )
 
 
-def test_output_fields_and_p_t_is_the_unadjusted_unscaled_probability() -> None:
+def test_output_fields_and_p_t_is_the_probability_of_the_scaled_logits_without_margin() -> None:
     shape = (2, 4, 3, 2)
     logits = make_logits(shape, scale=0.5).requires_grad_()
     target = make_target(shape, ignore_index=-100)
     valid = target != -100
     out = ldam_loss_output(logits, target, COUNTS, max_margin=0.5, scale=30.0, weight=WEIGHT)
-    expected_p_t = logits.detach().softmax(dim=1).gather(1, target.clamp_min(0).unsqueeze(1)).squeeze(1)
+    expected_p_t = (30.0 * logits.detach()).softmax(dim=1).gather(1, target.clamp_min(0).unsqueeze(1)).squeeze(1)
     assert out.per_sample.shape == (2, 3, 2)
     assert out.p_t is not None
     assert not out.p_t.requires_grad

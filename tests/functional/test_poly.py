@@ -13,23 +13,20 @@ from torch.autograd import gradcheck, gradgradcheck
 from lossplug.functional.poly import poly_loss, poly_loss_output
 from tests.helpers import (
     HALF_DTYPES,
+    IGNORE_CASES,
+    LOGIT_SHAPES,
     REDUCTIONS,
     ErrorCases,
     assert_close_with_grad,
     assert_raises_message,
     ignore_kwargs,
+    labelled,
     make_logits,
     make_target,
     parametrize_error_cases,
 )
 
-SHAPES = {"2d": (8, 4), "4d": (2, 4, 3, 2)}
-IGNORE = {"no_ignore": None, "ignore_-100": -100, "ignore_class_1": 1}
-
-
-def labelled(reduction: str) -> Callable[[str], str]:
-    """Prefixes an assertion message with the reduction it is about."""
-    return lambda message: f"{reduction}: {message}"
+SHAPES, IGNORE = LOGIT_SHAPES, IGNORE_CASES
 
 
 EPSILONS = [-1.0, -0.5, 1.0, 2.0]
