@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import importlib
 import inspect
 import json
 import os
@@ -41,8 +42,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lossplug import losses
-from lossplug.callbacks import LongTailReport
-from lossplug.losses.base import BaseLoss
+from lossplug.callbacks import LongTailReport, LossDiagnostics
+from lossplug.losses.base import TORCH_COUNTERPARTS, BaseLoss, ClassCountsLoss
 from lossplug.mixin import LossMixin
 
 CONFIG_DIR = Path(str(files("lossplug") / "configs"))
@@ -115,6 +116,10 @@ def summarize_config_error(message: str) -> str:
     ours = next((part for part in fragments if re.match(r"Expected (argument )?`", part)), None)
     if ours is not None:
         return where + ours.split(" Given value")[0]
+    number = re.search(r"Expected a <class 'float'>\. Got value: (\S+)", message)
+    if number is not None:  # jsonargparse refuses nan and inf before our checks see them
+        name = key.group(1).rsplit(".", 1)[-1] if key else "value"
+        return f"Expected argument `{name}` to be a finite number, but got {number.group(1)}."
     unknown_class = re.search(r"Expected a path but (\S+) either not accessible or invalid", message)
     if unknown_class is not None:
         name = unknown_class.group(1).strip("'\"")
@@ -224,10 +229,12 @@ def prepare_args(args: list[str], fill: Collection[str] | None = None) -> tuple[
         return tokens, set()  # the top-level help
     # a class named on the command line goes first, so that a config given before it (`--config focal
     # --model my_pkg.MyModel`, which sets only the loss) applies to that class
+    in_configs = {group for group in _GROUPS for _, value in _config_values(tokens[start:]) if _names_class(value, group)}
+    movable = [f"--{group}{suffix}" for group in _GROUPS if group not in in_configs for suffix in ("", ".class_path")]
     classes, rest, index = [], [], start
     while index < len(tokens):
         key, equals, _ = tokens[index].partition("=")
-        if key in (f"--{group}{suffix}" for group in _GROUPS for suffix in ("", ".class_path")):
+        if key in movable:
             taken = 1 if equals or index + 1 == len(tokens) else 2
             classes += tokens[index : index + taken]
             index += taken
@@ -237,8 +244,12 @@ def prepare_args(args: list[str], fill: Collection[str] | None = None) -> tuple[
     tokens[start:] = classes + rest
     if fill is None:
         given = tokens[start:]
-        named = {group for group in _GROUPS for token in classes if token.partition("=")[0].startswith(f"--{group}")}
-        named |= {group for group in _GROUPS for _, value in _config_values(given) if _names_class(value, group)}
+        named = in_configs | {
+            group
+            for group in _GROUPS
+            for token in given
+            if token.partition("=")[0] in (f"--{group}", f"--{group}.class_path")
+        }
         fill = [group for group in _GROUPS if group not in named]
     demo = yaml.safe_load(DEMO.read_text())
     filled = {group for group in _GROUPS if group in fill}
@@ -257,7 +268,7 @@ class LossplugCLI(LightningCLI):
     """The groups (``"model"``, ``"data"``) that the demo fills in this run."""
     resumed_run: Path | None = None
     """The run folder that ``--ckpt_path last`` continues."""
-    _configured_loss: list[str] = []  # noqa: RUF012 - replaced, never mutated
+    _configured_loss: list[str]  # the loss classes of the config, before a checkpoint's replace them
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -288,7 +299,7 @@ class LossplugCLI(LightningCLI):
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        self.demo_groups = set()
+        self.demo_groups, self._configured_loss = set(), []
         if isinstance(args, dict | Namespace):
             self.config = parser.parse_object(args)
             return
@@ -311,12 +322,14 @@ class LossplugCLI(LightningCLI):
         config = self._subconfig()
         self._configured_loss = _loss_classes(config)
         _absolute_log_paths(config)
-        _honour_disabled_progress_bar(config)
+        _honour_disabled_features(config)
         if config.get("ckpt_path") == "last":
             try:
-                self.resumed_run = _resume_last(config, continue_run=self.config.get("subcommand") == "fit")
+                config.ckpt_path = str(_latest_checkpoint(config))
             except ConfigError as error:
                 parser.error(str(error))
+            if self.config.get("subcommand") == "fit":
+                self.resumed_run = _continue_run(config, Path(config.ckpt_path))
 
     def before_instantiate_classes(self) -> None:
         config = self._subconfig()
@@ -350,12 +363,17 @@ class LossplugCLI(LightningCLI):
         embedding_dim = model_args.get("embedding_dim")
         _fill_model_arguments(model_args, facts, config.model.class_path)
         _fill_loss_dimensions(model_args.get("loss"), facts, embedding_dim, config.model.class_path)
+        _step_aside_for_a_torch_loss(config)
         claimed = _claim_run_folders(config) if self.resumed_run is None and self.subcommand else []
         data_spec = config.get("data")
         try:
             if data is not None:
                 config.data = data  # instantiated once: the parser takes it as it is
-            super().instantiate_classes()
+            with warnings.catch_warnings():
+                # LightningCLI writes the config into the model's hyperparameters, where it cannot write the
+                # data module's instance (which the model's hyperparameters do not need): said, not an error
+                warnings.filterwarnings("ignore", message=r"(?s).*Unable to serialize instance")
+                super().instantiate_classes()
             config.data = data_spec  # the config as given, for the config.yaml the run saves
             check_model(self.model, facts, embedding_dim)
             if config.get("logit_adjustment") is not None:
@@ -365,11 +383,26 @@ class LossplugCLI(LightningCLI):
                         "`class_counts`: give the data module that attribute."
                     )
                 self.model.set_logit_adjustment(config.logit_adjustment)
+            if config.get("ckpt_path") and _is_first_process():
+                self._say_which_checkpoint(Path(str(config.ckpt_path)))
         except BaseException:
             for folder in claimed:  # nothing was written there yet
                 with contextlib.suppress(OSError):
                     folder.rmdir()
             raise
+
+    def _say_which_checkpoint(self, checkpoint: Path) -> None:
+        """One line on the checkpoint a run starts from (and, resuming, the run it continues)."""
+        if not checkpoint.is_file():
+            return
+        epoch = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("epoch")
+        saved = f"{_shown(checkpoint)} (saved in epoch {epoch})"
+        if self.resumed_run is not None:
+            kept = _keep_earlier_metrics(self.resumed_run)
+            text = f"Resuming {_shown(self.resumed_run)} from {saved}{kept}."
+        else:
+            text = f"Using {saved}."
+        Console(stderr=True, soft_wrap=True).print(text, highlight=False)
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -475,9 +508,9 @@ def _claim_run_folders(config: Namespace) -> list[Path]:
     return claimed
 
 
-def _resume_last(config: Namespace, continue_run: bool) -> Path:
+def _latest_checkpoint(config: Namespace) -> Path:
     """``--ckpt_path last``: the newest ``last.ckpt`` of a run under the loggers' roots (or a checkpoint
-    callback's ``dirpath``); for ``fit``, the loggers continue that run's folder."""
+    callback's ``dirpath``)."""
     callbacks = config.trainer.get("callbacks")
     candidates = [
         Path(str(callback.init_args.dirpath)) / "last.ckpt"
@@ -492,27 +525,31 @@ def _resume_last(config: Namespace, continue_run: bool) -> Path:
     if not found:
         places = ", ".join(str(root) for root in roots) or "the checkpoint folders"
         raise ConfigError(f"--ckpt_path last: no run with a last.ckpt under {places}; nothing to resume.")
-    latest = max(found, key=lambda path: path.stat().st_mtime)
-    run = latest.parent.parent
-    config.ckpt_path = str(latest)
-    epoch = int(torch.load(latest, map_location="cpu", weights_only=True, mmap=True).get("epoch", 0))
-    kept = ""
-    if continue_run:
-        for root, group in roots.items():
-            if run.parent == root and run.name.startswith("version_") and run.name[8:].isdigit():
-                for init_args in group:
-                    init_args.version = int(run.name[8:])
-        # Lightning's CSV logger deletes a metrics.csv it finds in its folder: keep the earlier epochs' rows
-        metrics = run / "metrics.csv"
-        if metrics.exists() and _is_first_process():
-            earlier = run / f"metrics.before_epoch_{epoch}.csv"
-            metrics.replace(earlier)
-            kept = f"; Lightning's metrics.csv starts anew, the earlier rows are in {earlier.name}"
-    if _is_first_process():
-        Console(stderr=True, soft_wrap=True).print(
-            f"Resuming {_shown(run)} from {latest.name} (after epoch {epoch - 1}){kept}.", highlight=False
-        )
-    return run
+    return max(found, key=lambda path: path.stat().st_mtime)
+
+
+def _continue_run(config: Namespace, checkpoint: Path) -> Path | None:
+    """The loggers write into the folder of the run that ``checkpoint`` belongs to; that folder, if they do."""
+    run = checkpoint.parent.parent
+    if not (run.name.startswith("version_") and run.name[8:].isdigit()):
+        return None
+    group = _run_roots(config).get(run.parent, [])
+    for init_args in group:
+        init_args.version = int(run.name[8:])
+    return run if group else None
+
+
+def _keep_earlier_metrics(run: Path) -> str:
+    """Lightning's CSV logger deletes a ``metrics.csv`` it finds in its folder: keep the earlier rows beside it
+    (never over an earlier copy). Returns what to tell the user."""
+    metrics = run / "metrics.csv"
+    if not metrics.exists():
+        return ""
+    earlier, number = run / "metrics.before_resume.csv", 1
+    while earlier.exists():
+        earlier, number = run / f"metrics.before_resume_{number}.csv", number + 1
+    metrics.rename(earlier)
+    return f"; Lightning's metrics.csv starts anew, the earlier rows are in {earlier.name}"
 
 
 def _shown(path: Path | str) -> str:
@@ -521,16 +558,62 @@ def _shown(path: Path | str) -> str:
     return relative if not relative.startswith("..") else str(path)
 
 
-def _honour_disabled_progress_bar(config: Namespace) -> None:
-    """``--trainer.enable_progress_bar=false`` removes the default's rich progress bar instead of
-    failing on it (Lightning refuses a progress-bar callback on a trainer without one)."""
+def _honour_disabled_features(config: Namespace) -> None:
+    """``--trainer.enable_progress_bar=false`` and ``--trainer.enable_checkpointing=false`` remove the
+    default's progress bar and checkpoint callback instead of failing on them (Lightning refuses such a
+    callback on a trainer without the feature)."""
     callbacks = config.trainer.get("callbacks")
-    if config.trainer.get("enable_progress_bar") is False and isinstance(callbacks, list):
-        config.trainer.callbacks = [
-            callback
-            for callback in callbacks
-            if not (isinstance(callback, Namespace) and str(callback.get("class_path", "")).endswith("ProgressBar"))
-        ]
+    if not isinstance(callbacks, list):
+        return
+    dropped = [
+        suffix
+        for flag, suffix in (("enable_progress_bar", "ProgressBar"), ("enable_checkpointing", "ModelCheckpoint"))
+        if config.trainer.get(flag) is False
+    ]
+    config.trainer.callbacks = [
+        callback
+        for callback in callbacks
+        if not (isinstance(callback, Namespace) and str(callback.get("class_path", "")).endswith(tuple(dropped)))
+    ]
+
+
+def _step_aside_for_a_torch_loss(config: Namespace) -> None:
+    """With a torch loss (no per-sample values), leave lossplug's diagnostics and report out of the run,
+    and say so in one line."""
+    model_args = config.model.get("init_args")
+    spec = model_args.get("loss") if isinstance(model_args, Namespace) else None
+    class_path = str(spec.get("class_path")) if isinstance(spec, Namespace) else ""
+    loss_class = _imported(class_path) if class_path else None
+    callbacks = config.trainer.get("callbacks")
+    if loss_class is None or issubclass(loss_class, BaseLoss) or not isinstance(callbacks, list):
+        return
+    ours = [
+        callback
+        for callback in callbacks
+        if isinstance(callback, Namespace)
+        and issubclass(_imported(str(callback.get("class_path"))) or object, LossDiagnostics | LongTailReport)
+    ]
+    if not ours:
+        return
+    config.trainer.callbacks = [callback for callback in callbacks if callback not in ours]
+    if _is_first_process():
+        names = ", ".join(_short(callback.class_path) for callback in ours)
+        Console(stderr=True, soft_wrap=True).print(
+            f"{names}: off for this run. They read the per-sample losses of a lossplug loss, and {class_path} "
+            f"gives one number per step; lossplug.losses.{TORCH_COUNTERPARTS.get(_short(class_path), 'CrossEntropyLoss')} "
+            "gives torch's values and them.",
+            highlight=False,
+        )
+
+
+def _imported(class_path: str) -> type | None:
+    """The class at ``class_path``, or None when it does not import."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
+    return found if isinstance(found, type) else None
 
 
 def _instantiate_alone(spec: Namespace | None, base: type, group: str) -> Any:
@@ -646,7 +729,7 @@ def check_model(model: pl.LightningModule, facts: DataFacts, embedding_dim: int 
             f"Expected the model to use lossplug.LossMixin, but {name} does not: declare "
             f"`class {name}(LossMixin, L.LightningModule)` and pass the loss with `super().__init__(loss=loss)`."
         )
-    loss = model.__dict__.get("_modules", {}).get("loss")
+    loss = getattr(model, "loss", None)
     if loss is None:
         raise ConfigError(
             f"Expected {name} to have a loss, but it has none: give one (`--model.loss=FocalLoss`, `--config focal`), "
@@ -655,7 +738,8 @@ def check_model(model: pl.LightningModule, facts: DataFacts, embedding_dim: int 
     for module in loss.modules():
         if not isinstance(module, BaseLoss):
             continue
-        for argument, size in class_sizes(module).items():
+        for buffer, size in class_sizes(module).items():
+            argument = "class_counts" if isinstance(module, ClassCountsLoss) else buffer  # what the user gave
             if facts.num_classes is not None and size != facts.num_classes:
                 raise ConfigError(
                     f"Expected `{argument}` of {type(module).__name__} to have one entry per class "
@@ -668,11 +752,19 @@ def check_model(model: pl.LightningModule, facts: DataFacts, embedding_dim: int 
                     f"Expected `{argument}` of {type(module).__name__} to be the model's embedding size "
                     f"({name}.embedding_dim={embedding_dim}), but got {dimension}."
                 )
-    if isinstance(loss, BaseLoss) and loss.needs_class_counts and not facts.has_counts:
+    needing = [  # the losses themselves, not a WeightedSum around them
+        module
+        for module in loss.modules()
+        if isinstance(module, BaseLoss)
+        and module.needs_class_counts
+        and not any(isinstance(inner, BaseLoss) for inner in list(module.modules())[1:])
+    ]
+    if needing and not facts.has_counts:
+        first = needing[0]
+        instead = "`class_counts`" if isinstance(first, ClassCountsLoss) else "`alpha` as one weight per class"
         raise ConfigError(
-            f"{type(loss).__name__} needs the training class counts, but {facts.owner} has no "
-            "`class_counts`: give the data module that attribute (training samples per class), or give the loss its "
-            "class weights or `class_counts`."
+            f"{type(first).__name__} needs the training class counts, but {facts.owner} has no `class_counts` after "
+            f"`__init__`: give the data module that attribute (training samples per class), or give the loss {instead}."
         )
 
 

@@ -85,8 +85,16 @@ def plan(args: Sequence[str]) -> tuple[list[Run], list[str], int, Path]:
         raise ConfigError(f"Expected argument `--seeds` to be an integer >= 1, but got {options.seeds}.")
     if options.jobs < 1:
         raise ConfigError(f"Expected argument `--jobs` to be an integer >= 1, but got {options.jobs}.")
-    if overrides and not overrides[0].startswith("--"):
-        raise ConfigError(f"Expected the arguments after the configs to be --key=value overrides, but got {overrides[0]!r}.")
+    takes_value = False
+    for token in overrides:  # `--key=value`, or `--key value`; a bare word anywhere else is a misplaced config
+        if token.startswith("--"):
+            takes_value = "=" not in token
+        elif takes_value:
+            takes_value = False
+        else:
+            raise ConfigError(
+                f"Expected the configs before the --key=value overrides, but got {token!r} among the overrides."
+            )
     runs: list[Run] = []
     labels: dict[str, int] = {}
     out = options.out.resolve()
@@ -126,9 +134,10 @@ def _train(run: Run, overrides: list[str]) -> Run:
         finished = subprocess.run(_command(run, overrides), stdout=log, stderr=subprocess.STDOUT, check=False)
     report = run.folder / "test_metrics.json"
     if finished.returncode != 0:
-        run.error = f"exit {finished.returncode}"
+        said = [line for line in run.log.read_text().splitlines() if line.startswith("error:")]
+        run.error = said[0] if said else f"exit {finished.returncode}"
     elif not report.exists():
-        run.error = "no test metrics (the data module needs a test split)"
+        run.error = "no test metrics: the model needs a test_step, and the data module a test_dataloader"
     else:
         content = json.loads(report.read_text())
         run.metrics, run.class_names = content["metrics"], content["class_names"]
@@ -246,6 +255,8 @@ def compare(args: Sequence[str]) -> int:
         return 2
     if not check_configs(runs, overrides):
         return 2
+    if (out / "runs").exists():
+        console.print(f"{out} holds earlier runs: runs of the same config and seed are replaced.", highlight=False)
     out.mkdir(parents=True, exist_ok=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress, ThreadPoolExecutor(max_workers=jobs) as pool:

@@ -25,6 +25,7 @@ LossLike: TypeAlias = BaseLoss | _Loss
 
 
 _STAGE_NAMES = {stage: str(stage.value) for stage in RunningStage}
+_TORCH_BINARY_LOSSES = (nn.BCEWithLogitsLoss, nn.MultiLabelSoftMarginLoss)  # torch's losses on one-vs-rest targets
 
 
 class LossObserver(Protocol):
@@ -142,14 +143,14 @@ class LossMixin:
         stage = trainer.state.stage if trainer is not None else None
         if stage is None:
             return "train"
-        # looked up rather than read from the enum's `.value` (a descriptor call) on every step
         return _STAGE_NAMES.get(stage) or str(stage.value)
 
     def loss_target(self, target: Tensor, num_classes: int) -> Tensor:
         """The target in the form the loss takes: class indices become one-hot floats for binary and
         multi-label losses (one-vs-rest), and are passed as they are otherwise."""
         loss = self._configured_loss()
-        if getattr(loss, "target_kind", "index") == "probability" and not target.is_floating_point():
+        binary = getattr(loss, "target_kind", "index") == "probability" or isinstance(loss, _TORCH_BINARY_LOSSES)
+        if binary and not target.is_floating_point():
             return F.one_hot(target.long(), num_classes).to(torch.float32)
         return target
 
@@ -334,7 +335,6 @@ def check_checkpoint_loss(loss: nn.Module, checkpoint: Mapping[str, Any]) -> Non
 
 
 def _detached(output: LossOutput) -> LossOutput:
-    # built directly: NamedTuple._replace costs as much as the two detaches
     terms = output.terms
     return LossOutput(
         output.loss.detach(),

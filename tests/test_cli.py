@@ -92,6 +92,37 @@ def test_a_config_given_before_your_model_applies_to_it() -> None:
     assert (cli.model.loss.num_classes, cli.model.loss.embedding_dim, cli.model.loss.lr) == (6, 12, 0.01)
 
 
+def test_a_class_named_after_a_config_that_names_one_wins(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"model": {"class_path": "lossplug.models.DemoClassifier"}}))
+    cli = build_cli(["--config", str(path), "--model", "tests.user_project.ZooNet", "--data", "tests.user_project.ZooData"], run=False)
+    assert isinstance(cli.model, ZooNet)
+
+
+def test_a_torch_loss_trains_with_the_default_config_and_one_line_on_the_diagnostics(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cli = build_cli(["fit", "--model.loss=torch.nn.CrossEntropyLoss", *QUICK, "--trainer.enable_progress_bar=false"])
+    assert cli.trainer.state.finished
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if "off for this run" in line]
+    assert len(notes) == 1, err
+    assert notes[0].startswith("PerClassLossMonitor, HardnessHistogram, LongTailReport: off for this run.")
+    assert "lossplug.losses.CrossEntropyLoss gives torch's values" in notes[0]
+    assert not [callback for callback in cli.trainer.callbacks if "Hardness" in type(callback).__name__]
+
+
+def test_torch_s_binary_loss_gets_one_hot_targets() -> None:
+    cli = build_cli(["fit", "--model.loss=torch.nn.BCEWithLogitsLoss", *QUICK, *QUIET])
+    assert cli.trainer.state.finished
+
+
+def test_checkpointing_off_leaves_the_default_checkpoint_callback_out() -> None:
+    cli = build_cli(["fit", "--trainer.enable_checkpointing=false", *QUICK, "--trainer.enable_progress_bar=false"])
+    assert cli.trainer.checkpoint_callback is None
+    assert not (Path(cli.trainer.log_dir) / "checkpoints").exists()
+
+
 def test_the_demo_fills_only_what_you_do_not_name() -> None:
     # the demo model's defaults (lr 3e-3, embedding_dim 32) must not reach ZooNet's arguments of the same names
     cli = build_cli(["--model", "tests.user_project.ZooNet", "--model.loss=ArcFaceLoss"], run=False)
@@ -283,6 +314,7 @@ def test_available_losses_are_the_public_losses() -> None:
         (["--model.loss=FocalLos"], r"unknown loss 'FocalLos' \(did you mean `FocalLoss`\?\)\. Available losses: ArcFaceLoss"),
         (["--model", "tests.user_project.Nope"], r"`model`: cannot import 'tests.user_project.Nope' \(module 'tests.user_project' has no attribute 'Nope'\)"),
         (["--model.loss.gamma=-1"], r"Expected argument `gamma` to be a number >= 0, but got -1\.0"),
+        (["--model.loss.gamma=nan"], r"Expected argument `gamma` to be a finite number, but got nan\."),
         (["--trainer.max_epoch=3"], r"unrecognized arguments: --trainer\.max_epoch=3"),
         (["--model.loss=ArcFaceLoss", "--model.loss.margin=2"], r"`margin` to be a number in \[0, pi/2\), but got 2\.0"),
         (["--config", "arcfce"], r"--config 'arcfce' is neither a file nor a shipped config \(did you mean `arcface`\?\)"),
@@ -327,6 +359,7 @@ def test_available_losses_are_the_public_losses() -> None:
         "unknown-loss",
         "unknown-model",
         "negative-gamma",
+        "nan-gamma",
         "abbreviated-option",
         "arcface-margin",
         "unknown-config-name",

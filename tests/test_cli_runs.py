@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).parents[1]
 QUIET = ["--trainer.enable_progress_bar=false"]
@@ -73,13 +73,29 @@ def test_a_run_killed_mid_epoch_and_resumed_gives_the_rows_of_one_never_interrup
     process.wait()
     assert not any(row["epoch"] == "3" for row in _rows(run / "per_class_loss.csv")), "killed after its last epoch"
 
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    saved_in = torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"]
+    assert saved_in < 3
     resumed = _run(killed, *args, "--ckpt_path", "last")
-    assert re.search(r"Resuming lightning_logs/version_0 from last.ckpt \(after epoch [0-2]\)", resumed.stderr), resumed.stderr
+    assert (
+        f"Resuming lightning_logs/version_0 from lightning_logs/version_0/checkpoints/last.ckpt (saved in epoch {saved_in})"
+        in " ".join(resumed.stderr.split())
+    ), resumed.stderr
+    assert (run / "metrics.before_resume.csv").exists()
     assert sorted(path.name for path in (killed / "lightning_logs").iterdir()) == ["version_0"]
     for name in ("per_class_loss.csv", "hardness_histogram.csv"):
         _assert_same_rows(
             _rows(killed / "lightning_logs" / "version_0" / name), _rows(whole / "lightning_logs" / "version_0" / name)
         )
+
+
+def test_testing_the_last_checkpoint_is_one_new_run_folder(tmp_path: Path) -> None:
+    _run(tmp_path, "fit", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", *QUIET)
+    tested = _run(tmp_path, "test", "--ckpt_path", "last", *QUIET)
+    assert "Using lightning_logs/version_0/checkpoints/last.ckpt (saved in epoch 0)." in " ".join(tested.stderr.split())
+    assert sorted(path.name for path in (tmp_path / "lightning_logs").iterdir()) == ["version_0", "version_1"]
+    assert (tmp_path / "lightning_logs" / "version_1" / "metrics.csv").exists()
+    assert not (tmp_path / "lightning_logs" / "version_0" / "metrics.before_resume.csv").exists()
 
 
 def test_ckpt_path_last_without_a_run_is_an_error(tmp_path: Path) -> None:

@@ -74,8 +74,9 @@ def test_your_model_and_data(tmp_path: Path) -> None:
         (["ce", "focl"], "--config 'focl' is neither a file nor a shipped config (did you mean `focal`?)"),
         (["ce", "--seeds", "0"], "Expected argument `--seeds` to be an integer >= 1, but got 0."),
         (["ce", "--model.loss.gama=1"], "unknown option `gama`"),
+        (["ce", "--trainer.max_epochs", "1", "focal"], "Expected the configs before the --key=value overrides, but got 'focal'"),
     ],
-    ids=["unknown-config", "no-seeds", "bad-override"],
+    ids=["unknown-config", "no-seeds", "bad-override", "config-after-overrides"],
 )
 def test_mistakes_stop_before_any_run(args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert compare([*args, "--out", str(tmp_path / "out")]) == 2

@@ -22,7 +22,7 @@ from torchmetrics import Metric
 from typing_extensions import override
 
 from lossplug.callbacks._csv import CsvLog
-from lossplug.losses.base import BaseLoss
+from lossplug.losses.base import TORCH_COUNTERPARTS, BaseLoss
 from lossplug.mixin import LossMixin
 from lossplug.output import LossOutput, Task
 from lossplug.shared_checks import check_option
@@ -36,7 +36,6 @@ FLUSH_VALUES = 1 << 20
 STAGE_ORDER = {"train": 0, "validate": 1, "test": 2}
 _RUNS_IN = {"fit": ("train", "validate"), "validate": ("validate",), "test": ("test",)}
 _STEP = {"train": "training_step", "validate": "validation_step", "test": "test_step"}
-_INSTEAD = {"CrossEntropyLoss": "CrossEntropyLoss", "BCEWithLogitsLoss": "BinaryCrossEntropyLoss"}
 
 
 class LossLayout(NamedTuple):
@@ -260,8 +259,8 @@ class LossDiagnostics(Callback):
             name = type(loss).__name__
             rank_zero_warn(
                 f"{type(self).__name__} is off for this run: the model's loss {type(loss).__module__}.{name} gives "
-                f"no per-sample losses. Use lossplug.losses.{_INSTEAD.get(name, 'CrossEntropyLoss')} "
-                f"{'(the same values) ' if name in _INSTEAD else ''}to see where the loss comes from."
+                f"no per-sample losses. Use lossplug.losses.{TORCH_COUNTERPARTS.get(name, 'CrossEntropyLoss')} "
+                f"{'(the same values) ' if name in TORCH_COUNTERPARTS else ''}to see where the loss comes from."
             )
             return
         # trainer.log_dir is a collective (a broadcast from rank zero): resolved here, on every rank

@@ -183,7 +183,7 @@ class HardnessHistogram(LossDiagnostics):
             else:  # plain text: the line has nothing for rich to lay out
                 print(f"{line} · NaN p_t: 0", file=get_console().file)
         if self.plot and self._pending and time.monotonic() - self._drawn_at >= self.plot_interval_s:
-            self._draw()  # on the training thread: a few tenths of a second, once per interval
+            self._draw()  # on the training thread: rare enough to cost little
 
     def _draw(self, background: bool = False) -> None:
         """Draw the finished epochs into the PNG (rank zero, which has them: ``_pending`` is set)."""
@@ -193,8 +193,8 @@ class HardnessHistogram(LossDiagnostics):
         self._drawn_at, self._pending = time.monotonic(), False
         snapshot = {key: dict(epochs) for key, epochs in self.history.items()}
         arguments = (snapshot, self.edges, self.hard_threshold, self.easy_threshold, str(self.png_path))
-        if background:  # not a daemon: the program waits for the PNG; it starts once fit has returned
-            self._drawing = threading.Timer(0.2, draw_hardness, args=arguments)
+        if background:  # not a daemon: the program waits for the PNG, which is drawn while it goes on
+            self._drawing = threading.Thread(target=draw_hardness, args=arguments, name="lossplug-hardness-plot")
             self._drawing.start()
         else:
             draw_hardness(*arguments)

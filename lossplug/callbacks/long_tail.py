@@ -72,8 +72,8 @@ class LongTailReport(Callback):
 
     The values are also in :attr:`results`, per stage. It reads the class scores the model predicts with (:meth:`~lossplug.mixin.LossMixin.prediction_logits`,
     post-hoc logit adjustment included) and the targets of its ``compute_loss`` calls: class indices
-    (ignored ones left out), or, for binary and multi-label losses, the largest entry of each one-hot
-    target. The sums are torchmetrics states, summed over processes. ``{val,test}/acc``, ``/macro_f1``,
+    (ignored ones left out), or, for binary and multi-label losses, the one positive class of each
+    target row (rows with none or several positives are left out). The sums are torchmetrics states, summed over processes. ``{val,test}/acc``, ``/macro_f1``,
     ``/recall_many``, ``/recall_medium``, ``/recall_few`` and ``/ece`` go through ``pl_module.log``: to
     every logger, to ``trainer.callback_metrics`` (``ModelCheckpoint`` and ``EarlyStopping`` can
     monitor them) and to what ``trainer.test`` returns; ``{val,test}/recall/{class}`` to every logger.
@@ -163,13 +163,20 @@ class LongTailReport(Callback):
         if not self._pending:
             return
         scores = torch.cat([predictions.movedim(1, -1).reshape(-1, predictions.shape[1]) for predictions, _, _ in self._pending])
-        # class indices, or the largest entry of a binary loss's one-hot target
-        target = torch.cat([(t if valid is not None else t.argmax(dim=1)).reshape(-1) for _, t, valid in self._pending])
-        valid = [valid for _, _, valid in self._pending]
+        # class indices (ignored ones left out), or a binary loss's one-hot target: its one positive
+        # class, and rows without exactly one positive (multi-label, or none) left out
+        targets, keeps = [], []
+        for _, target, valid in self._pending:
+            if valid is None:
+                positive = target > 0.5
+                targets.append(positive.float().argmax(dim=1).reshape(-1))
+                keeps.append((positive.sum(dim=1) == 1).reshape(-1))
+            else:
+                targets.append(target.reshape(-1))
+                keeps.append(valid.reshape(-1))
         self._pending, self._pending_values = [], 0
-        if all(mask is not None for mask in valid):
-            keep = torch.cat([mask.reshape(-1) for mask in valid if mask is not None])
-            scores, target = scores[keep], target[keep]
+        keep = torch.cat(keeps)
+        scores, target = scores[keep], torch.cat(targets)[keep]
         if self._metrics is None:
             self._metrics = self._make_metrics(scores.shape[1]).to(scores.device)
         self._metrics.update(scores.float().softmax(dim=1), target.long())
@@ -214,8 +221,8 @@ class LongTailReport(Callback):
             groups = group_recall(recall, shot_groups(counts, self.many_shot, self.few_shot))
             values.update({f"{prefix}/recall_{group}": value for group, value in groups.items()})
         values[f"{prefix}/ece"] = float(computed["ece"])
-        # Lightning's `log` costs about a millisecond per key: the headline values go through it, the
-        # per-class recall (one key per class) straight to the loggers
+        # Lightning's `log` costs grow with the number of keys: the headline values go through it (what
+        # callbacks monitor and `trainer.test` returns), the per-class recall straight to the loggers
         pl_module.log_dict(values, sync_dist=False)
         names = self._names(trainer, pl_module, len(recall))
         per_class = {f"{prefix}/recall/{name}": value for name, value in zip(names, recall, strict=True)}

@@ -12,7 +12,7 @@ it on the calling thread; the chunks are shared out over ``torch.get_num_threads
 (torch releases the GIL while it computes), each taking the next chunk when done with one. Had each
 operation been split over torch's OpenMP threads instead, every one of the thousands of operations
 would end at a barrier, and on a machine whose cores are shared with other processes a barrier
-waits for a descheduled thread: measured here, 10-25x slower per operation under load.
+waits for a descheduled thread (`benchmarks/RESULTS.md` has what that cost here).
 
 For hard targets (every value 0 or 1, checked chunk by chunk) the loss is a function of one number,
 :math:`z = x (1 - 2t)`: then :math:`1 - p_t = \sigma(z)` and :math:`\mathrm{BCE} = \mathrm{softplus}(z)`,

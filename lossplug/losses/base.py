@@ -30,6 +30,10 @@ ModelOutput: TypeAlias = Tensor | Mapping[str, Tensor]
 DEFAULT_BETA = 0.999
 
 
+TORCH_COUNTERPARTS = {"CrossEntropyLoss": "CrossEntropyLoss", "BCEWithLogitsLoss": "BinaryCrossEntropyLoss"}
+"""torch's losses with a lossplug loss of the same values: the name of the lossplug loss, by torch's."""
+
+
 def select_input(output: ModelOutput, kind: InputKind, consumer: str) -> Tensor:
     """Pick what a loss consumes from a model output.
 

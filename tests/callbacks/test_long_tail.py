@@ -91,6 +91,17 @@ def test_binary_losses_report_the_class_of_their_one_hot_targets(tmp_path: Path)
     assert TABLE_MULTI_LABEL_TARGET.shape == one_hot.shape
 
 
+def test_multi_label_rows_without_exactly_one_positive_are_left_out(tmp_path: Path) -> None:
+    # rows 0 and 1 have no positive and two, the others one each: only those six count
+    target = nn.functional.one_hot(TABLE_TARGET.clamp_min(0), 3).float()
+    target[0] = 0.0
+    target[1] = torch.tensor([1.0, 1.0, 0.0])
+    results = _test(tmp_path, TableModel(BinaryFocalLoss(), TABLE_LOGITS), LongTailReport(class_counts=COUNTS), target)
+    kept = torch.tensor([False, False, True, True, True, True, True, True])
+    expected = _expected(TABLE_LOGITS[kept], TABLE_TARGET.clamp_min(0)[kept])
+    assert results["test/acc"] == pytest.approx(expected["acc"])
+
+
 def test_without_class_counts_the_groups_are_left_out_with_a_warning(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="no training class counts"):
         results = _test(tmp_path, TableModel(CrossEntropyLoss(), TABLE_LOGITS), LongTailReport(), TABLE_TARGET)
