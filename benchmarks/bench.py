@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench.py            # full run (about 15 minutes on 2 CPU cores, 7-9 of them the diagnostics)
+    python benchmarks/bench.py            # full run (about 25 minutes on 2 CPU cores, 8 of them the diagnostics)
     python benchmarks/bench.py --quick    # 1 round, no memory pass, no torch.compile rows, 2 pairs of fits (about 5 minutes)
     python benchmarks/bench.py --only binary_focal softmax_focal --rounds 5
 
@@ -30,11 +30,14 @@ call, after warm-up calls.
 
 The diagnostics lines time ``trainer.fit`` of ``lossplug fit`` (``lossplug.cli.build_cli``: its
 default config, loggers and last-epoch checkpointing, with the progress bar and the default's other
-callbacks off) with both diagnostics callbacks (``PerClassLossMonitor``, ``HardnessHistogram``) and
-without them, in four settings: the default demo (steps of about 5 ms, 6 per epoch) and a wider
-model (``--model.hidden_dim=16384``, 10 epochs; steps of 20-30 ms), each with the demo's 10 classes
-and with 1,000: the demo's model and loss on synthetic data of 1,000 classes, long-tailed as the
-demo's and with at least one training sample per class (about 100 steps per epoch; 5 and 3 epochs).
+callbacks off) with both diagnostics callbacks (``PerClassLossMonitor``, ``HardnessHistogram``, set as
+the default config sets them) and without them, in six settings: the default demo (steps of about
+5 ms, 6 per epoch) and a wider model (``--model.hidden_dim=16384``, 10 epochs; steps of 20-30 ms),
+each with the demo's 10 classes, with 1,000 (the demo's model and loss on synthetic data of 1,000
+classes, long-tailed as the demo's and with at least one training sample per class: about 100 steps
+per epoch; 5 and 3 epochs), and with 10 classes and the CSV logger only (no TensorBoard: its writer
+thread checksums every event in pure Python, and the time it takes from the hooks shows as the
+difference).
 One child process per setting runs a warm-up pair of fits, then ``--fit-pairs`` pairs (on, off;
 every other pair the other way round).
 
@@ -352,15 +355,29 @@ def diagnostics_available() -> str | None:
 
 
 WIDE = ["--model.hidden_dim=16384", "--trainer.max_epochs=10"]
+CSV_ONLY = ["--trainer.logger=lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir=."]
 FIT_SETTINGS: dict[str, tuple[list[str], int]] = {
     "default": ([], 10),
     "default, 1,000 classes": (["--trainer.max_epochs=5"], 1000),
+    "default, CSV logger only": (CSV_ONLY, 10),
     "20 ms steps": (WIDE, 10),
     "20 ms steps, 1,000 classes": ([*WIDE, "--trainer.max_epochs=3"], 1000),
+    "20 ms steps, CSV logger only": ([*WIDE, *CSV_ONLY], 10),
 }
 """Each setting: extra `lossplug fit` arguments, and the number of classes (1,000: fewer epochs, of 100 steps)."""
 TARGETS = {"default": 0.10, "20 ms steps": 0.02}
 """The most the hooks may take of trainer.fit, per setting (its part before the comma)."""
+
+
+def _configured_diagnostics() -> list[str]:
+    """The two callbacks as the default config sets them (its ``init_args``), as ``lossplug fit`` arguments."""
+    import yaml
+
+    from lossplug.cli import RUN_DEFAULTS
+
+    callbacks = yaml.safe_load(RUN_DEFAULTS.read_text())["trainer"]["callbacks"]
+    chosen = [callback for callback in callbacks if callback["class_path"] in DIAGNOSTICS]
+    return [f"--trainer.callbacks+={json.dumps(callback)}" for callback in chosen]
 
 
 def _synthetic_data(num_classes: int) -> Any:
@@ -420,7 +437,7 @@ def run_fits(setting: str, pairs: int, epochs: int | None) -> dict[str, Any]:
             if epochs is not None:
                 args.append(f"--trainer.max_epochs={epochs}")
             if diagnostics:
-                args += [f"--trainer.callbacks+={name}" for name in DIAGNOSTICS]
+                args += _configured_diagnostics()
             cli = build_cli(args=args, run=False)
             model, data = cli.model, cli.datamodule
             if classes != 10:  # the demo's model and loss, on data with more classes
