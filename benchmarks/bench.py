@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench.py            # full run (about 25 minutes on 2 CPU cores, 8 of them the diagnostics)
     python benchmarks/bench.py --quick    # 1 round, no memory pass, no torch.compile rows, 2 pairs of fits (about 5 minutes)
     python benchmarks/bench.py --only binary_focal softmax_focal --rounds 5
+    python benchmarks/bench.py --device cuda --rounds 2 --only binary_focal softmax_focal arcface   # on a GPU, in one process
 
 What is measured, for every row: one forward + backward of the loss with respect to its inputs
 (and parameters: ArcFace weights, centers), ``torch.set_num_threads(2)``, fresh leaf tensors each
@@ -241,7 +242,7 @@ def _center_case(num_classes: int) -> Case:
             + c.pow(2).sum(dim=1, keepdim=True).expand(num_classes, batch).t()
         )
         distances = distances.addmm(f, c.t(), beta=1, alpha=-2)
-        mask = y.unsqueeze(1).eq(torch.arange(num_classes).unsqueeze(0))
+        mask = y.unsqueeze(1).eq(torch.arange(num_classes, device=y.device).unsqueeze(0))
         return 0.5 * (distances * mask).clamp(min=1e-12, max=1e12).sum() / batch
 
     def run(fn: Callable[..., Any]) -> Callable[[dict[str, Any]], Any]:
@@ -295,21 +296,36 @@ def _peak_extra_mib(call: Callable[[], Any]) -> float | None:
         return None
 
 
-def run_row(case_name: str, row: str, repeats: int, warmup: int, memory: bool) -> dict[str, Any]:
+def _peak_extra_cuda_mib(call: Callable[[], Any]) -> float:
+    """Peak CUDA memory allocated above the starting level during ``call`` (the caching allocator's count)."""
+    import torch
+
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    call()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def run_row(case_name: str, row: str, repeats: int, warmup: int, memory: bool, device: str = "cpu") -> dict[str, Any]:
     """Time ``repeats`` calls of one row after ``warmup`` calls; or, with ``memory``, measure its peak."""
     import torch
 
     torch.set_num_threads(THREADS)
     case = CASES[case_name]()
-    state = case.setup()
-    call = lambda: case.rows[row](state)  # noqa: E731
+    state = {name: value.to(device) if hasattr(value, "to") else value for name, value in case.setup().items()}
+    synchronize = torch.cuda.synchronize if device == "cuda" else lambda: None
+
+    def call() -> None:
+        case.rows[row](state)
+        synchronize()  # a CUDA call returns before its kernels end
+
     for _ in range(warmup):
         start = time.perf_counter()
         call()
         if time.perf_counter() - start > SLOW_SECONDS:  # one warm-up call is enough for a slow row
             break
     if memory:
-        result: dict[str, Any] = {"peak_mib": _peak_extra_mib(call)}
+        result: dict[str, Any] = {"peak_mib": _peak_extra_cuda_mib(call) if device == "cuda" else _peak_extra_mib(call)}
         if row in case.compiled and row.startswith("lossplug"):
             result["graph_breaks"] = _graph_breaks(state)
         return result
@@ -564,6 +580,7 @@ def main() -> None:
     parser.add_argument("--row", nargs=2, metavar=("CASE", "ROW"), help=argparse.SUPPRESS)
     parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--fit", choices=list(FIT_SETTINGS), help=argparse.SUPPRESS)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the loss rows run (default cpu)")
     args = parser.parse_args()
 
     rounds = args.rounds or (1 if args.quick else 3)
@@ -572,7 +589,7 @@ def main() -> None:
     pairs = args.fit_pairs or (2 if args.quick else 6)
     if args.row is not None:  # a child process: one row
         warmup = 1 if args.quick or args.memory else 2
-        print(json.dumps(run_row(args.row[0], args.row[1], repeats, warmup, args.memory)))
+        print(json.dumps(run_row(args.row[0], args.row[1], repeats, warmup, args.memory, args.device)))
         return
     if args.fit is not None:
         print(json.dumps(run_fits(args.fit, pairs, epochs)))
@@ -587,22 +604,33 @@ def main() -> None:
     why_not = diagnostics_available() if with_diagnostics else None
     child = ["--quick"] if args.quick else []
 
-    print(f"lossplug benchmark: {rounds} round(s) x {repeats} timed calls per row, {THREADS} threads", flush=True)
+    def measure(case_name: str, row: str, memory: bool) -> dict[str, Any] | str:
+        """One row's timings (or peak memory): on the CPU in a process of its own; on CUDA in this one, whose
+        allocator statistics are exact per row and where a process per row would cost more than the rows."""
+        if args.device == "cuda":
+            try:
+                return run_row(case_name, row, repeats, 1 if args.quick or memory else 2, memory, "cuda")
+            except Exception as error:  # a failed row is reported in its table cell
+                return f"{type(error).__name__}: {error}"
+        timeout = 900 if row in CASES[case_name]().compiled else 300
+        if memory:
+            return _subprocess(["--row", case_name, row, "--memory"], timeout, MEMORY_ENVIRONMENT)
+        return _subprocess(["--row", case_name, row, "--repeats", str(repeats), *child], timeout)
+
+    where = f"{THREADS} threads" if args.device == "cpu" else "CUDA"
+    print(f"lossplug benchmark: {rounds} round(s) x {repeats} timed calls per row, {where}", flush=True)
     started = time.perf_counter()
     memory: dict[tuple[str, str], dict[str, Any] | str] = {}
     if not args.quick:
         for case_name, row in rows:
-            timeout = 900 if row in CASES[case_name]().compiled else 300
-            memory[(case_name, row)] = _subprocess(["--row", case_name, row, "--memory"], timeout, MEMORY_ENVIRONMENT)
+            memory[(case_name, row)] = measure(case_name, row, memory=True)
         print(f"  memory pass done ({time.perf_counter() - started:.0f} s)", flush=True)
     results: dict[tuple[str, str], list[dict[str, Any] | str]] = {row: [] for row in rows}
     fits: dict[str, dict[str, Any] | str] = {}
     for round_index in range(rounds):
         # every other round runs the rows backwards, so a drift in machine load hits both ends alike
         for case_name, row in rows if round_index % 2 == 0 else rows[::-1]:
-            timeout = 900 if row in CASES[case_name]().compiled else 300
-            arguments = ["--row", case_name, row, "--repeats", str(repeats), *child]
-            results[(case_name, row)].append(_subprocess(arguments, timeout))
+            results[(case_name, row)].append(measure(case_name, row, memory=False))
         print(f"  round {round_index + 1}/{rounds} done ({time.perf_counter() - started:.0f} s)", flush=True)
     if with_diagnostics and why_not is None:
         for setting in FIT_SETTINGS:
