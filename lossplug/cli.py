@@ -364,7 +364,9 @@ class LossplugCLI(LightningCLI):
         _fill_model_arguments(model_args, facts, config.model.class_path)
         _fill_loss_dimensions(model_args.get("loss"), facts, embedding_dim, config.model.class_path)
         _step_aside_for_a_torch_loss(config)
-        claimed = _claim_run_folders(config) if self.resumed_run is None and self.subcommand else []
+        # fast_dev_run replaces the loggers with one that writes nothing: no run folder to claim
+        writes = self.subcommand and not config.trainer.get("fast_dev_run")
+        claimed = _claim_run_folders(config) if self.resumed_run is None and writes else []
         data_spec = config.get("data")
         try:
             if data is not None:

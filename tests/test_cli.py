@@ -123,6 +123,11 @@ def test_checkpointing_off_leaves_the_default_checkpoint_callback_out() -> None:
     assert not (Path(cli.trainer.log_dir) / "checkpoints").exists()
 
 
+def test_fast_dev_run_leaves_no_empty_run_folder(tmp_path: Path) -> None:
+    build_cli(["fit", "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false"])
+    assert not list(tmp_path.glob("lightning_logs/version_*"))  # Lightning's loggers write nothing in it
+
+
 def test_the_demo_fills_only_what_you_do_not_name() -> None:
     # the demo model's defaults (lr 3e-3, embedding_dim 32) must not reach ZooNet's arguments of the same names
     cli = build_cli(["--model", "tests.user_project.ZooNet", "--model.loss=ArcFaceLoss"], run=False)

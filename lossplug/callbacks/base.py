@@ -430,14 +430,15 @@ def _flatten(observed: list[tuple[LossOutput, Tensor | None]]) -> ObservedBatch:
 
 
 def _log(trainer: pl.Trainer, reports: list[tuple[_Finished, EpochReport]]) -> None:
-    """Scalars to every logger (one call per step), histograms to TensorBoard."""
+    """Scalars to every logger (one call per step, with the epoch, as Lightning's own calls have it),
+    histograms to TensorBoard."""
     by_step: dict[int, dict[str, float]] = {}
     for item, report in reports:
-        by_step.setdefault(item.step, {}).update(report.metrics)
+        if report.metrics:
+            by_step.setdefault(item.step, {"epoch": item.epoch}).update(report.metrics)
     for logger in trainer.loggers:
         for step, metrics in by_step.items():
-            if metrics:
-                logger.log_metrics(metrics, step=step)
+            logger.log_metrics(metrics, step=step)
         if isinstance(logger, TensorBoardLogger):
             for item, histogram in [(item, histogram) for item, report in reports for histogram in report.histograms]:
                 if (fields := _histogram_fields(histogram)) is not None:

@@ -228,7 +228,7 @@ class LongTailReport(Callback):
         per_class = {f"{prefix}/recall/{name}": value for name, value in zip(names, recall, strict=True)}
         if self.class_scalars:
             for logger in trainer.loggers:
-                logger.log_metrics(per_class, step=trainer.global_step)
+                logger.log_metrics({"epoch": trainer.current_epoch, **per_class}, step=trainer.global_step)
         self.results[stage] = {**values, **per_class}
 
     def _names(self, trainer: pl.Trainer, pl_module: pl.LightningModule, num_classes: int) -> list[str]:

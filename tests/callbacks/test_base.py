@@ -133,6 +133,8 @@ def test_loggers_get_scalars_and_tensorboard_its_histograms_through_lightning(tm
     assert {"hardness/train/all/p_t", "hardness/validate/all/p_t_loss"} <= set(events.Tags()["histograms"])
     metrics = read_csv(os.path.join(os.path.dirname(callbacks[0].csv_path or ""), "metrics.csv"))
     assert {"per_class/train/share/0", "hardness/validate/all/easy_fraction"} <= set(metrics[0])
+    logged = [row for row in metrics if row["per_class/train/share/0"] or row["hardness/validate/all/easy_fraction"]]
+    assert [row["epoch"] for row in logged] == ["0", "0", "1", "1"]  # a row per callback and epoch, with its epoch
 
 
 class _FailInEpoch1(L.Callback):
