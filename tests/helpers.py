@@ -10,6 +10,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from lossplug.output import LossOutput
+
 REDUCTIONS = ["mean", "sum", "none"]
 LOGIT_SHAPES = {"2d": (8, 4), "4d": (2, 4, 3, 2)}
 """Logits ``(N, C)`` and ``(N, C, d1, d2)``, by name."""
@@ -104,6 +106,34 @@ def assert_close_with_grad(
     (expected_grad,) = torch.autograd.grad(expected.sum(), wrt)
     (got_grad,) = torch.autograd.grad(got.sum(), wrt)
     torch.testing.assert_close(got_grad, expected_grad, rtol=rtol, atol=atol, msg=msg)
+
+
+def assert_multiclass_output(out: LossOutput, target: Tensor, valid: Tensor, expected_p_t: Tensor, num_classes: int) -> None:
+    """The fields of a multiclass :class:`~lossplug.output.LossOutput` for class-index ``target``: per-sample
+    values of the target's shape, zero where not ``valid``; p_t detached, in [0, 1] and ``expected_p_t``
+    where valid; the task, the number of classes and the target itself."""
+    assert out.per_sample.shape == target.shape
+    assert out.p_t is not None
+    assert out.p_t.shape == target.shape
+    assert not out.p_t.requires_grad
+    assert bool(((out.p_t >= 0) & (out.p_t <= 1)).all())
+    torch.testing.assert_close(out.p_t[valid], expected_p_t[valid])
+    torch.testing.assert_close(out.valid, valid)
+    assert bool((out.per_sample[~valid] == 0).all())
+    assert out.task == "multiclass"
+    assert out.num_classes == num_classes
+    assert out.target is target
+
+
+def assert_func_transforms_match_autograd(loss: nn.Module) -> None:
+    """``torch.func.grad`` of ``loss`` on 4-class logits (one target ignored) gives autograd's gradient, and
+    ``vmap`` over the samples gives each sample's loss computed alone."""
+    x, y = 0.5 * make_float32_logits((6, 4)), torch.tensor([0, 1, 2, 3, -100, 1])
+    leaf = x.clone().requires_grad_()
+    loss(leaf, y).backward()
+    torch.testing.assert_close(torch.func.grad(lambda z: loss(z, y))(x), leaf.grad)
+    per_sample = torch.func.vmap(lambda xi, yi: loss(xi.unsqueeze(0), yi.unsqueeze(0)))(x, y)
+    torch.testing.assert_close(per_sample, torch.stack([loss(x[i : i + 1], y[i : i + 1]) for i in range(6)]))
 
 
 def parametrize_error_cases(cases: ErrorCases) -> pytest.MarkDecorator:

@@ -18,6 +18,7 @@ from tests.helpers import (
     REDUCTIONS,
     ErrorCases,
     assert_close_with_grad,
+    assert_multiclass_output,
     assert_raises_message,
     ignore_kwargs,
     make_logits,
@@ -169,19 +170,8 @@ def test_focal_output_fields() -> None:
     logits = make_logits(shape).requires_grad_()
     target = make_target(shape, ignore_index=-100)
     out = focal_loss_output(logits, target, gamma=2.0, alpha=make_alpha(3))
-    valid = target != -100
-    assert out.per_sample.shape == (2, 3, 2)
-    assert out.p_t is not None
-    assert out.p_t.shape == (2, 3, 2)
-    assert not out.p_t.requires_grad
-    assert bool(((out.p_t >= 0) & (out.p_t <= 1)).all())
     expected_p_t = logits.detach().softmax(dim=1).gather(1, target.clamp_min(0).unsqueeze(1)).squeeze(1)
-    torch.testing.assert_close(out.p_t[valid], expected_p_t[valid])
-    torch.testing.assert_close(out.valid, valid)
-    assert bool((out.per_sample[~valid] == 0).all())
-    assert out.task == "multiclass"
-    assert out.num_classes == 3
-    assert out.target is target
+    assert_multiclass_output(out, target, target != -100, expected_p_t, num_classes=3)
 
 
 # -- sigmoid focal ----------------------------------------------------------------------------------------

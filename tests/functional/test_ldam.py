@@ -18,6 +18,7 @@ from tests.helpers import (
     REDUCTIONS,
     ErrorCases,
     assert_close_with_grad,
+    assert_multiclass_output,
     assert_raises_message,
     ignore_kwargs,
     labelled,
@@ -166,15 +167,7 @@ def test_output_fields_and_p_t_is_the_probability_of_the_scaled_logits_without_m
     valid = target != -100
     out = ldam_loss_output(logits, target, COUNTS, max_margin=0.5, scale=30.0, weight=WEIGHT)
     expected_p_t = (30.0 * logits.detach()).softmax(dim=1).gather(1, target.clamp_min(0).unsqueeze(1)).squeeze(1)
-    assert out.per_sample.shape == (2, 3, 2)
-    assert out.p_t is not None
-    assert not out.p_t.requires_grad
-    torch.testing.assert_close(out.p_t[valid], expected_p_t[valid])
-    torch.testing.assert_close(out.valid, valid)
-    assert bool((out.per_sample[~valid] == 0).all())
-    assert out.task == "multiclass"
-    assert out.num_classes == 4
-    assert out.target is target
+    assert_multiclass_output(out, target, valid, expected_p_t, num_classes=4)
 
 
 # -- saturation, empty batches, precision ---------------------------------------------------------------

@@ -25,6 +25,7 @@ from tests.helpers import (
     REDUCTIONS,
     ErrorCases,
     assert_close_with_grad,
+    assert_multiclass_output,
     assert_raises_message,
     ignore_kwargs,
     labelled,
@@ -135,15 +136,7 @@ def test_output_fields_and_p_t_is_the_unadjusted_probability() -> None:
         logit_adjusted_loss_output(logits, target, COUNTS, tau=1.5),
         balanced_softmax_loss_output(logits, target, COUNTS),
     ):
-        assert out.per_sample.shape == (2, 3, 2)
-        assert out.p_t is not None
-        assert not out.p_t.requires_grad
-        torch.testing.assert_close(out.p_t[valid], expected_p_t[valid])
-        torch.testing.assert_close(out.valid, valid)
-        assert bool((out.per_sample[~valid] == 0).all())
-        assert out.task == "multiclass"
-        assert out.num_classes == 4
-        assert out.target is target
+        assert_multiclass_output(out, target, valid, expected_p_t, num_classes=4)
 
 
 # -- saturation, empty batches, precision ---------------------------------------------------------------

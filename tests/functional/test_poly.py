@@ -18,6 +18,7 @@ from tests.helpers import (
     REDUCTIONS,
     ErrorCases,
     assert_close_with_grad,
+    assert_multiclass_output,
     assert_raises_message,
     ignore_kwargs,
     labelled,
@@ -120,15 +121,7 @@ def test_output_fields_and_p_t_is_the_model_probability() -> None:
     valid = target != -100
     out = poly_loss_output(logits, target, epsilon=1.0, label_smoothing=0.1)
     expected_p_t = logits.detach().softmax(dim=1).gather(1, target.clamp_min(0).unsqueeze(1)).squeeze(1)
-    assert out.per_sample.shape == (2, 3, 2)
-    assert out.p_t is not None
-    assert not out.p_t.requires_grad
-    torch.testing.assert_close(out.p_t[valid], expected_p_t[valid])
-    torch.testing.assert_close(out.valid, valid)
-    assert bool((out.per_sample[~valid] == 0).all())
-    assert out.task == "multiclass"
-    assert out.num_classes == 4
-    assert out.target is target
+    assert_multiclass_output(out, target, valid, expected_p_t, num_classes=4)
 
 
 # -- saturation, empty batches, precision ---------------------------------------------------------------

@@ -19,6 +19,7 @@ from tests.helpers import (
     ErrorCases,
     assert_close_with_grad,
     assert_compiled_matches_eager,
+    assert_func_transforms_match_autograd,
     assert_raises_message,
     ignore_kwargs,
     make_float32_logits,
@@ -84,13 +85,7 @@ def test_torch_compile_fullgraph_forward_and_backward(make: Callable[[], PolyLos
 
 @pytest.mark.parametrize("make", COMPILE_CASES.values(), ids=COMPILE_CASES.keys())
 def test_torch_func_grad_and_vmap(make: Callable[[], nn.Module]) -> None:
-    loss = make()
-    x, y = 0.5 * make_float32_logits((6, 4)), torch.tensor([0, 1, 2, 3, -100, 1])
-    leaf = x.clone().requires_grad_()
-    loss(leaf, y).backward()
-    torch.testing.assert_close(torch.func.grad(lambda z: loss(z, y))(x), leaf.grad)
-    per_sample = torch.func.vmap(lambda xi, yi: loss(xi.unsqueeze(0), yi.unsqueeze(0)))(x, y)
-    torch.testing.assert_close(per_sample, torch.stack([loss(x[i : i + 1], y[i : i + 1]) for i in range(6)]))
+    assert_func_transforms_match_autograd(make())
 
 
 # -- shipped config ---------------------------------------------------------------------------------------
