@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lossplug.cli import ConfigError, resolve_config, shipped_configs
+from lossplug.cli import RUN_DEFAULTS, ConfigError, resolve_config, shipped_configs
 
 COLUMNS = (
     ("test/acc", "accuracy"),
@@ -109,15 +109,10 @@ def plan(args: Sequence[str]) -> tuple[list[Run], list[str], int, Path]:
 
 
 def _command(run: Run, overrides: list[str]) -> list[str]:
+    # the default config's loggers, each writing into this run's folder
     folder = {"save_dir": str(run.folder.parent.parent), "name": run.label, "version": run.folder.name}
-    loggers = [
-        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": folder},
-        {
-            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-            "init_args": {**folder, "default_hp_metric": False},
-            "dict_kwargs": {"max_queue": 1000},
-        },
-    ]
+    defaults = yaml.safe_load(RUN_DEFAULTS.read_text())["trainer"]["logger"]
+    loggers = [{**logger, "init_args": {**logger.get("init_args", {}), **folder}} for logger in defaults]
     return [
         sys.executable, "-m", "lossplug", "fit",
         "--config", run.config,

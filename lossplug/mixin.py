@@ -8,7 +8,6 @@ from typing import Any, Protocol, TypeAlias
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.trainer.states import RunningStage
 from torch import Tensor, nn
 from torch.nn.modules.loss import _Loss
 
@@ -24,7 +23,6 @@ LossLike: TypeAlias = BaseLoss | _Loss
 """What a model accepts as its loss: any lossplug loss, or a torch loss on logits (``torch.nn.CrossEntropyLoss``)."""
 
 
-_STAGE_NAMES = {stage: str(stage.value) for stage in RunningStage}
 _TORCH_BINARY_LOSSES = (nn.BCEWithLogitsLoss, nn.MultiLabelSoftMarginLoss)  # torch's losses on one-vs-rest targets
 
 
@@ -141,9 +139,7 @@ class LossMixin:
     def _stage(self) -> str:
         trainer = getattr(self, "_trainer", None)
         stage = trainer.state.stage if trainer is not None else None
-        if stage is None:
-            return "train"
-        return _STAGE_NAMES.get(stage) or str(stage.value)
+        return "train" if stage is None else str(stage.value)
 
     def loss_target(self, target: Tensor, num_classes: int) -> Tensor:
         """The target in the form the loss takes: class indices become one-hot floats for binary and
